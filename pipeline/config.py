@@ -1,0 +1,371 @@
+"""Configuration: one dataclass per concern, defaults < YAML preset < `--set section.field=value`.
+
+Every field carries a docstring (the string literal under it). Fields that do not change what a
+stage computes (batch size for extraction, workers, device) are declared with `knob()` instead of a
+plain default: they are left out of the stage keys (see `pipeline.records`), so changing them never
+invalidates a cached output.
+
+Presets live in `stages/configs/<name>.yaml`; `load_config("mafw", ["train.lr=1e-4"])` resolves one.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "stages" / "configs"
+
+MAFW_EMOTIONS = [
+    "anger", "disgust", "fear", "happiness", "neutral", "sadness",
+    "surprise", "contempt", "anxiety", "helplessness", "disappointment",
+]
+
+
+def knob(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING):
+    """A field that changes how fast a stage runs, never what it computes: excluded from stage keys."""
+    kw = {"metadata": {"keyed": False}}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, **kw)
+    return field(default=default, **kw)
+
+
+@dataclass
+class DataConfig:
+    name: str = "demo"
+    """Dataset name; outputs go to `<cache_root>/<name>/`."""
+    format: str = "demo"
+    """Annotation adapter: demo, mafw, emvidcap, msvd, msrvtt or generic (JSONL/CSV)."""
+    root: str = "data/demo"
+    """Dataset root folder (videos and annotation files live under it)."""
+    videos: str = ""
+    """Video folder, relative to `root` unless absolute (adapter default when empty)."""
+    annotations: str = ""
+    """Caption/label file, relative to `root` unless absolute (adapter default when empty)."""
+    test_annotations: str = ""
+    """Second annotation file holding the test split, for datasets that ship one per split (EmVidCap, MSR-VTT)."""
+    split_file: str = ""
+    """Split file or folder relative to `root` (MAFW: split/single/no_caption/set_<n>; MSVD: a `<clip> <split>` list)."""
+    split_set: int = 1
+    """MAFW's official split set number n (set_1 .. set_5)."""
+    emotions: list[str] = field(default_factory=lambda: list(MAFW_EMOTIONS))
+    """Emotion class names, in class-index order."""
+    val_fraction: float = 0.1
+    """Share of the training clips held out for per-epoch validation when the dataset has no val split."""
+    demo_clips: int = 240
+    """Demo preset only: number of synthetic clips the generator writes."""
+    demo_seed: int = 0
+    """Demo preset only: the generator's seed (same seed, same clips)."""
+    cache_root: str = knob("cache")
+    """Folder that holds `<name>/` caches."""
+    check_videos: bool = knob(True)
+    """Fail the manifest when annotated videos are missing on disk (reported together)."""
+
+
+@dataclass
+class ExtractConfig:
+    num_frames: int = 32
+    """Frames sampled uniformly per clip for Video Swin (SwinBERT: 32)."""
+    size: int = 224
+    """Short side the frames are resized to before the centre crop."""
+    crop: int = 224
+    """Centre-crop side (square) fed to Video Swin."""
+    face_size: int = 224
+    """Side of the square face crops fed to ResNet50-ER and ANFL."""
+    au_frames: int = 8
+    """Frames (evenly spaced among the sampled ones) that ANFL sees per clip (F_au)."""
+    swin: str = "swin3d_b"
+    """Video Swin builder name (swin3d_b, swin3d_s, swin3d_t, or swin3d_demo for the small demo variant)."""
+    er_model: str = "resnet50"
+    """Emotion-recognition backbone (timm name)."""
+    au_model: str = "anfl_resnet50"
+    """AU network: ANFL stage 1 (ME-GraphAU / OpenGraphAU) on a ResNet-50 backbone (anfl_demo: tiny)."""
+    face_detector: str = "skin"
+    """Face finder: 'skin' (offline colour/shape detector), 'center' (whole frame), or 'boxes' (dataset-provided)."""
+    weights_dir: str = "weights"
+    """Folder the checkpoint files are looked up in (see README for the names)."""
+    er_weights: str = "resnet50_er_mafw.pth"
+    """ResNet50-ER checkpoint, relative to `weights_dir` unless absolute."""
+    au_weights: str = "OpenGprahAU-ResNet50_first_stage.pth"
+    """ANFL checkpoint as ME-GraphAU distributes it, relative to `weights_dir` unless absolute."""
+    swin_weights: str = "swin_base_patch244_window877_kinetics600_22k.pth"
+    """Video Swin / SwinBERT checkpoint, relative to `weights_dir` unless absolute."""
+    random_init: bool = False
+    """Run with random weights (demo and tests only); recorded in the store and printed loudly."""
+    precision: str = "auto"
+    """Autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."""
+    batch_size: int = knob(4)
+    """Clips per forward batch."""
+    workers: int = knob(2)
+    """Decoding worker processes overlapped with compute."""
+    device: str = knob("auto")
+    """auto, cpu or cuda[:n]."""
+
+
+@dataclass
+class ModelConfig:
+    tokenizer: str = ""
+    """Local BERT vocab.txt (or folder holding it); empty: WordPiece trained on the training captions."""
+    vocab_size: int = 3000
+    """Target size of the trained WordPiece vocabulary (ignored with a BERT vocab)."""
+    hidden: int = 768
+    """Transformer width."""
+    layers: int = 12
+    """Transformer layers."""
+    heads: int = 12
+    """Attention heads."""
+    intermediate: int = 3072
+    """Feed-forward width."""
+    dropout: float = 0.1
+    """Hidden and attention dropout."""
+    max_caption_len: int = 50
+    """Caption tokens in training, [CLS] and [SEP] included."""
+    video_proj: int = 512
+    """Width of the first video projection (C -> video_proj -> hidden)."""
+    sparse_attention: bool = True
+    """SwinBERT's learnable sparse attention mask over video tokens, with its L1 loss."""
+    use_er_prompt: bool = True
+    """VEP: ER-level prompt MLP(ResNet50-ER features)."""
+    use_au_prompts: bool = True
+    """VEP: AU-level prompts FC(ANFL node features) for the top-K AUs."""
+    top_k: int = 3
+    """K: AU prompts taken by clip-level confidence (the cache holds all AUs)."""
+    er_pool: str = "mean"
+    """How per-frame ER features pool to one clip vector: mean or max."""
+    use_class_tokens: bool = True
+    """TEP: learnable [CLASS-k] emotion tokens joined to the caption embedding."""
+    use_word_mask: bool = True
+    """TEP: word-level masking (masked word embeddings set to zero) for the AU-word branch."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    """Training epochs."""
+    batch_size: int = 32
+    """Clips per optimiser step (per process under DDP)."""
+    lr: float = 1e-4
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    warmup: float = 0.1
+    """Share of all steps spent in linear warm-up before linear decay."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    seed: int = 42
+    """Seed for init, masking and data order."""
+    mask_prob: float = 0.5
+    """MLM: share of caption tokens masked (SwinBERT: 0.5)."""
+    max_masked: int = 45
+    """MLM: at most this many masked tokens per caption."""
+    align_er: bool = True
+    """ECA: ER-sentence alignment (L_ER)."""
+    align_au: bool = True
+    """ECA: AU-word alignment (L_AUCL)."""
+    align_loss: str = "aucl"
+    """AU-word alignment loss: aucl (paper), global, sim_ce, ce or contrastive (Table VI rows)."""
+    tau_c: float = 0.3
+    """T_C: cosine threshold that labels a matched AU/word pair positive."""
+    margin: float = 0.5
+    """m: margin of the AUCL loss."""
+    weighting: str = "dwa"
+    """Loss weights: dwa (Dynamic Weight Averaging) or fixed."""
+    dwa_temperature: float = 2.0
+    """DWA temperature tau."""
+    lambda_er: float = 1.0
+    """Fixed weight of L_ER."""
+    lambda_aucl: float = 1.0
+    """Fixed weight of L_AUCL."""
+    lambda_mlm: float = 1.0
+    """Fixed weight of L_MLM."""
+    lambda_sparse: float = 0.5
+    """Weight of SwinBERT's sparse-attention L1 loss (with sparse_attention on)."""
+    precision: str = "auto"
+    """Autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."""
+    device: str = knob("auto")
+    """auto, cpu or cuda[:n]."""
+    num_workers: int = knob(0)
+    """DataLoader workers."""
+    log_every: int = knob(10)
+    """Steps between progress lines."""
+
+
+@dataclass
+class CaptionConfig:
+    split: str = "test"
+    """Which split of the manifest to caption."""
+    beam_size: int = 1
+    """1 = greedy; >1 beam search."""
+    max_length: int = 20
+    """Generated tokens at most, [CLS] included (SwinBERT: 20)."""
+    length_penalty: float = 1.0
+    """Beam search: score / length**length_penalty."""
+    checkpoint: str = "best"
+    """Which checkpoint of the run: best (by validation CIDEr) or last."""
+    prefix_cache: bool = knob(True)
+    """Reuse video/prompt keys and values across steps (identical captions, faster)."""
+    batch_size: int = knob(64)
+    """Clips decoded together."""
+    device: str = knob("auto")
+    """auto, cpu or cuda[:n]."""
+
+
+@dataclass
+class ScoreConfig:
+    metrics: list[str] = field(default_factory=lambda: ["Bleu_4", "METEOR", "ROUGE_L", "CIDEr"])
+    """Metrics reported in the summary (all of BLEU-1..4, METEOR, ROUGE-L, CIDEr are computed)."""
+    meteor: bool = True
+    """Compute METEOR (needs Java)."""
+
+
+@dataclass
+class Config:
+    preset: str = "demo"
+    """Name of the preset this config was resolved from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    # ---- paths derived from the config (the cache layout of DESIGN.md) ----
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.data.cache_root) / self.data.name
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.cache_dir / "manifest.jsonl"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS = {f.name: f.type for f in fields(Config) if f.name != "preset"}
+
+
+def section_slice(section_obj: Any, keyed_only: bool = True) -> dict:
+    """The fields of one config section as a plain dict; `keyed_only` drops the `knob()` fields."""
+    out = {}
+    for f in fields(section_obj):
+        if keyed_only and not f.metadata.get("keyed", True):
+            continue
+        out[f.name] = getattr(section_obj, f.name)
+    return out
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    """Parse an override value to the type of the field it replaces."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected true/false, got {text!r}")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, list):
+        text = text.strip()
+        if text.startswith("["):
+            value = yaml.safe_load(text)
+        else:
+            value = [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {text!r}")
+        return value
+    return text
+
+
+def _apply(cfg: Config, section: str, name: str, value: Any, source: str) -> None:
+    if section not in SECTIONS:
+        raise UserError(f"{source}: unknown config section {section!r} (sections: {', '.join(SECTIONS)})")
+    obj = getattr(cfg, section)
+    names = [f.name for f in fields(obj)]
+    if name not in names:
+        raise UserError(f"{source}: unknown field {section}.{name} (fields of {section}: {', '.join(names)})")
+    current = getattr(obj, name)
+    if isinstance(value, str) and not isinstance(current, str):
+        try:
+            value = _parse_value(value, current)
+        except ValueError as e:
+            raise UserError(f"{source}: bad value for {section}.{name}: {e}") from None
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif current is not None and not isinstance(value, type(current)) and not (
+        isinstance(current, float) and isinstance(value, (int, float))
+    ):
+        raise UserError(
+            f"{source}: {section}.{name} must be {type(current).__name__}, got {type(value).__name__} {value!r}"
+        )
+    setattr(obj, name, value)
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """'train.lr=1e-4' -> ('train', 'lr', '1e-4')."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.field=value, e.g. train.lr=1e-4")
+    lhs, value = text.split("=", 1)
+    if lhs.count(".") != 1:
+        raise UserError(f"--set {text!r}: expected section.field=value, e.g. train.lr=1e-4")
+    section, name = lhs.strip().split(".")
+    return section, name, value
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def apply_mapping(cfg: Config, mapping: dict, source: str) -> Config:
+    """Overlay a nested {section: {field: value}} mapping (a YAML preset or saved config)."""
+    for section, values in (mapping or {}).items():
+        if section == "preset":
+            cfg.preset = str(values)
+            continue
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section {section!r} must be a mapping of fields")
+        for name, value in values.items():
+            _apply(cfg, section, name, value, source)
+    return cfg
+
+
+def load_config(preset: str | Path = "demo", overrides: list[str] | None = None) -> Config:
+    """Defaults < preset (a name in stages/configs or a YAML path) < `section.field=value` overrides."""
+    cfg = Config()
+    path = Path(preset)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise UserError(f"unknown preset {str(preset)!r}; presets: {', '.join(preset_names())} (or a YAML file path)")
+    try:
+        mapping = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML: {e}") from None
+    cfg.preset = path.stem
+    apply_mapping(cfg, mapping, str(path))
+    for text in overrides or []:
+        section, name, value = parse_override(text)
+        _apply(cfg, section, name, value, f"--set {text}")
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.to_yaml())
+
+
+def canonical_json(obj: Any) -> str:
+    """The canonical JSON that keys hash: sorted keys, no spaces, floats as repr."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,125 @@
+"""The stage-one feature store: one Zarr v3 group per extraction (DESIGN.md, "Cache layout").
+
+N clips along the first axis of every array, one clip per chunk, so concurrent writers (dask
+workers) never share a chunk and need no locks. `done[i]` is written after clip i's arrays, so a
+reader or a resumed run trusts exactly the clips marked done.
+
+| array        | shape              | dtype |
+|--------------|--------------------|-------|
+| clip_id      | (N,)               | str   |
+| done         | (N,)               | bool  |
+| vid/tokens   | (N, L, C)          | f16   |  L = T/2 * (S/32)^2 Video Swin tokens
+| er/feats     | (N, F, 2048)       | f16   |
+| er/logits    | (N, F, E)          | f32   |
+| au/feats     | (N, F_au, A, 512)  | f16   |
+| au/probs     | (N, F_au, A)       | f32   |
+| face/boxes   | (N, F, 4)          | f32   |  x0, y0, x1, y1 in crop-frame pixels; NaN where no face
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import CacheMismatchError
+
+STORE_NAME = "store.zarr"
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class StoreShapes:
+    """Per-clip shapes of a store (everything after the clip axis)."""
+
+    tokens: int          # L video tokens
+    channels: int        # C
+    frames: int          # F frames seen by ResNet50-ER (= sampled frames)
+    er_dim: int          # 2048
+    emotions: int        # E
+    au_frames: int       # F_au
+    aus: int             # A
+    au_dim: int          # 512
+
+    def arrays(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """name -> (per-clip shape, dtype)."""
+        return {
+            "vid/tokens": ((self.tokens, self.channels), "float16"),
+            "er/feats": ((self.frames, self.er_dim), "float16"),
+            "er/logits": ((self.frames, self.emotions), "float32"),
+            "au/feats": ((self.au_frames, self.aus, self.au_dim), "float16"),
+            "au/probs": ((self.au_frames, self.aus), "float32"),
+            "face/boxes": ((self.frames, 4), "float32"),
+        }
+
+    @classmethod
+    def from_group(cls, g) -> "StoreShapes":
+        t, e, a = g["vid/tokens"].shape, g["er/feats"].shape, g["au/feats"].shape
+        return cls(tokens=t[1], channels=t[2], frames=e[1], er_dim=e[2], emotions=g["er/logits"].shape[2],
+                   au_frames=a[1], aus=a[2], au_dim=a[3])
+
+
+def _compressors():
+    from zarr.codecs import BloscCodec
+
+    # lz4 + byte shuffle: fast to decompress, so stage two's loader is not held up by it.
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+
+
+def create_store(path: Path | str, clip_ids: list[str], shapes: StoreShapes, attrs: dict[str, Any]):
+    """Create an empty store for `clip_ids` (all `done=False`) and return the open group.
+
+    `path` may be a local path or any fsspec URL zarr understands (e.g. 'memory://x', 's3://...')."""
+    import zarr
+
+    n = len(clip_ids)
+    g = zarr.open_group(str(path), mode="w")
+    ids = g.create_array("clip_id", shape=(n,), chunks=(max(n, 1),), dtype=str)
+    if n:
+        ids[:] = np.array(clip_ids, dtype=object).astype(str)
+    g.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False)
+    for name, (shape, dtype) in shapes.arrays().items():
+        g.create_array(name, shape=(n, *shape), chunks=(1, *shape), dtype=dtype,
+                       fill_value=np.nan if name == "face/boxes" else 0, compressors=_compressors())
+    g.attrs.update({**attrs, "schema_version": SCHEMA_VERSION})
+    return g
+
+
+def open_store(path: Path | str, mode: str = "r"):
+    """Open an existing store; a missing or unreadable one raises CacheMismatchError naming it."""
+    import zarr
+
+    try:
+        return zarr.open_group(str(path), mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError if hasattr(zarr.errors, "GroupNotFoundError") else FileNotFoundError) as e:
+        raise CacheMismatchError(f"{path}: no feature store here ({e}); run `ecpa extract` first") from None
+
+
+def validate_store(g, path: Path | str, expect: StoreShapes | None = None, require_all_done: bool = False) -> StoreShapes:
+    """Check that the group has every array with consistent shapes (and `expect`'s shapes when given).
+    Raises CacheMismatchError explaining what is wrong and how to repair it."""
+    missing = [name for name in ("clip_id", "done", *StoreShapes(0, 0, 0, 0, 0, 0, 0, 0).arrays()) if name not in g]
+    if missing:
+        raise CacheMismatchError(
+            f"{path}: the store lacks {', '.join(missing)}; it was not written by this version of stage one "
+            "or was damaged - delete it and rerun `ecpa extract`"
+        )
+    n = g["clip_id"].shape[0]
+    shapes = StoreShapes.from_group(g)
+    for name, (shape, _) in shapes.arrays().items():
+        if g[name].shape != (n, *shape):
+            raise CacheMismatchError(f"{path}: {name} has shape {g[name].shape}, expected {(n, *shape)}")
+    if expect is not None and shapes != expect:
+        diffs = [f"{k}: store {getattr(shapes, k)} vs expected {getattr(expect, k)}"
+                 for k in shapes.__dataclass_fields__ if getattr(shapes, k) != getattr(expect, k)]
+        raise CacheMismatchError(f"{path}: store shapes do not fit this run ({'; '.join(diffs)})")
+    if require_all_done:
+        done = g["done"][:]
+        if not done.all():
+            bad = [str(c) for c in np.asarray(g["clip_id"][:])[~done][:5]]
+            raise CacheMismatchError(
+                f"{path}: {int((~done).sum())} of {n} clips are not extracted (e.g. {', '.join(bad)}); "
+                "rerun `ecpa extract` to finish them"
+            )
+    return shapes

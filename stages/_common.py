@@ -1,0 +1,88 @@
+"""Plumbing shared by the stage commands: option types, config resolution, user-error handling."""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from pipeline.config import Config, load_config, preset_names
+from pipeline.errors import UserError
+
+console = Console(stderr=True)
+"""Progress and messages go to stderr; stdout stays for machine-readable output."""
+
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option("--preset", "-p", help="Preset name (demo, mafw, emvidcap, msvd, msrvtt) or a YAML path."),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a field: section.field=value (repeatable), e.g. train.lr=1e-4."),
+]
+CacheOpt = Annotated[
+    Optional[Path],
+    typer.Option("--cache", help="Dataset cache folder, e.g. cache/mafw (sets data.cache_root and data.name)."),
+]
+
+
+def resolve_config(preset: str | None, sets: list[str] | None, cache: Path | None = None) -> Config:
+    """Defaults < preset < --set. With only `--cache cache/<name>`, the preset is the one the cache was
+    built with (`cache/<name>/config.yaml`), else the preset called <name>, else demo."""
+    sets = list(sets or [])
+    if cache is not None:
+        cache = Path(cache)
+        if preset is None:
+            saved = cache / "config.yaml"
+            if saved.is_file():
+                preset = str(saved)
+            elif cache.name in preset_names():
+                preset = cache.name
+            else:
+                raise UserError(
+                    f"{cache}: no config.yaml in this cache and no preset named {cache.name!r}; "
+                    f"pass --preset (one of {', '.join(preset_names())})"
+                )
+        sets = [f"data.cache_root={cache.parent}", f"data.name={cache.name}"] + sets
+    cfg = load_config(preset or "demo", sets)
+    return cfg
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Run a command; a UserError prints one red line (no traceback) and exits 2; Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]: finished work is kept; rerun the same command to resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def java_available() -> bool:
+    import shutil
+    import subprocess
+
+    java = shutil.which("java")
+    if not java:
+        return False
+    try:
+        return subprocess.run([java, "-version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+JAVA_HINT = (
+    "METEOR and the PTB tokenizer of pycocoevalcap need Java 8+ on PATH: "
+    "`sudo apt-get install -y default-jre-headless` (Debian/Ubuntu) or `conda install -c conda-forge openjdk`; "
+    "or pass --set score.meteor=false to skip METEOR"
+)

@@ -1,0 +1,80 @@
+"""The chain of stage keys for one config: extract -> train -> caption -> score.
+
+`plan(cfg)` computes every stage's key and output folder without running anything; `ecpa status`,
+`ecpa run` and each stage use it, so a key is computed in exactly one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.records import short, stage_key, status_of
+
+
+@dataclass
+class StagePlan:
+    name: str
+    """extract, train, caption or score."""
+    key: str
+    """Full sha256 key."""
+    out_dir: Path
+    """Where the output lives (named by the short key)."""
+    version: str
+    config: dict
+    """The config slice the key hashes."""
+    parents: dict[str, str] = field(default_factory=dict)
+
+    def status(self) -> str:
+        return status_of(self.out_dir, self.key)
+
+
+def extract_dir(cfg: Config, key: str) -> Path:
+    return cfg.cache_dir / "features" / short(key)
+
+
+def run_dir(cfg: Config, key: str) -> Path:
+    return cfg.cache_dir / "runs" / short(key)
+
+
+def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
+    """Keys and folders of the chain for `cfg`, in order, up to and including stage `upto`.
+
+    The manifest is (re)built first when its inputs changed: its content hash is the root of the
+    extract key."""
+    from stages import caption, extract, score, train
+    from pipeline.manifest import ensure_manifest
+
+    order = ["extract", "train", "caption", "score"]
+    stop = order.index(upto)
+    out: dict[str, StagePlan] = {}
+
+    manifest_hash = ensure_manifest(cfg)
+    ex_slice = extract.config_slice(cfg)
+    ex_parents = {"manifest": manifest_hash}
+    ex_key = stage_key("extract", extract.VERSION, ex_slice, ex_parents)
+    out["extract"] = StagePlan("extract", ex_key, extract_dir(cfg, ex_key), extract.VERSION, ex_slice, ex_parents)
+    if stop < 1:
+        return out
+
+    tr_slice = train.config_slice(cfg)
+    tr_parents = {"extract": ex_key}
+    tr_key = stage_key("train", train.VERSION, tr_slice, tr_parents)
+    tr_dir = run_dir(cfg, tr_key)
+    out["train"] = StagePlan("train", tr_key, tr_dir, train.VERSION, tr_slice, tr_parents)
+    if stop < 2:
+        return out
+
+    ca_slice = caption.config_slice(cfg)
+    ca_parents = {"train": tr_key, "features": ex_key}
+    ca_key = stage_key("caption", caption.VERSION, ca_slice, ca_parents)
+    ca_dir = tr_dir / "captions" / short(ca_key)
+    out["caption"] = StagePlan("caption", ca_key, ca_dir, caption.VERSION, ca_slice, ca_parents)
+    if stop < 3:
+        return out
+
+    sc_slice = score.config_slice(cfg)
+    sc_parents = {"caption": ca_key, "references": manifest_hash}
+    sc_key = stage_key("score", score.VERSION, sc_slice, sc_parents)
+    out["score"] = StagePlan("score", sc_key, ca_dir / "scores" / short(sc_key), score.VERSION, sc_slice, sc_parents)
+    return out

@@ -1,0 +1,8 @@
+"""Placeholder until issue 5 lands."""
+from pipeline.errors import UserError
+from stages._common import user_errors
+
+
+@user_errors
+def command() -> None:
+    raise UserError("not built yet (issue 5)")
