@@ -44,3 +44,55 @@ def formats_dir() -> Path:
     if not FORMATS_DIR.exists():
         pytest.skip(f"real annotation excerpts not found at {FORMATS_DIR}")
     return FORMATS_DIR
+
+
+# ---- a tiny demo chain shared by the stage tests (built once per session, on demand) ----------
+
+TINY_DEMO_SETS = [
+    "data.demo_clips=24",
+    "extract.num_frames=8",
+    "extract.batch_size=8",
+    "extract.workers=0",
+    "model.hidden=64",
+    "model.layers=1",
+    "model.heads=2",
+    "model.intermediate=128",
+    "model.video_proj=64",
+    "model.vocab_size=200",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "caption.max_length=12",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_sets(tmp_path_factory) -> list[str]:
+    """`--set` overrides for a tiny demo chain in a temporary folder (24 clips, 1-layer model)."""
+    root = tmp_path_factory.mktemp("tiny_demo")
+    return [f"data.root={root / 'data'}", f"data.cache_root={root / 'cache'}", *TINY_DEMO_SETS]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_cfg(tiny_demo_sets):
+    """The tiny demo config (treat as read-only; build your own with load_config to change fields)."""
+    from pipeline.config import load_config
+
+    return load_config("demo", tiny_demo_sets)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_extracted(tiny_demo_cfg):
+    """The tiny demo with stage one done (demo clips generated, manifest and store written)."""
+    from stages import extract
+
+    extract.run(tiny_demo_cfg, progress=False)
+    return tiny_demo_cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_trained(tiny_demo_extracted):
+    """The tiny demo with stage two done too."""
+    from stages import train
+
+    train.run(tiny_demo_extracted, progress=False)
+    return tiny_demo_extracted
