@@ -194,6 +194,10 @@ class TrainConfig:
     """DataLoader workers."""
     log_every: int = knob(10)
     """Steps between progress lines."""
+    ram_cache_gb: float = knob(16.0)
+    """Stores whose training arrays fit in this many GiB are read into RAM once; larger ones are read per clip."""
+    validate: bool = True
+    """Caption and score the val split after every epoch (CIDEr picks best.pt); off: best.pt = last epoch."""
 
 
 @dataclass

@@ -1,23 +1,462 @@
-"""Placeholder until issue 6 lands."""
+"""The chain: `ecpa run`, `ecpa status`, `ecpa sweep`, `ecpa compare`.
+
+`ecpa run` walks extract -> train -> caption -> score for one config. A stage whose key already has
+a complete output (its `stage.json`) is reused; any other stage runs, through the stage module's
+own `run(cfg, force=, progress=)` (the stage contract), so the chain adds no second way to compute
+anything. Keys come from `stages.plan.plan`, the one place they are computed.
+
+Why a stage runs is told by comparison with the nearest earlier output of the same stage in the
+same cache (the sibling whose recorded config slice, parents and code version differ the least):
+"train: run (changed since runs/ab12...: model.top_k 3 -> 4)", "upstream changed: extract key",
+"code version 1 -> 2".
+
+A sweep is a grid of ordinary chain runs (pipeline.sweep does the grid, CSV and plot), so the
+points share whatever their keys share (usually the extraction), and rerunning a sweep reuses
+every finished point.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterable, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from pipeline.config import SECTIONS, Config, DataConfig
 from pipeline.errors import UserError
-from stages._common import user_errors
+from pipeline.records import DamagedRecordError, diff_configs, read_record, short
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages.plan import StagePlan, plan
+
+STAGES = ["extract", "train", "caption", "score"]
+
+SIBLINGS = {
+    "extract": "features/*",
+    "train": "runs/*",
+    "caption": "runs/*/captions/*",
+    "score": "runs/*/captions/*/scores/*",
+}
+"""Where earlier outputs of each stage live, relative to cache/<dataset>/ (the DESIGN.md layout)."""
+
+STATUS_STYLE = {"fresh": "green", "stale": "yellow", "missing": "red", "partial": "magenta", "damaged": "bold red"}
+
+
+def stage_module(name: str):
+    """stages.<name>, looked up at call time (so a patched `run` or `VERSION` is what the chain uses)."""
+    return importlib.import_module(f"stages.{name}")
+
+
+# ---- why a stage is (not) fresh ------------------------------------------------------------------
+
+@dataclass
+class Why:
+    """A stage's state for one config, and the reason in words."""
+
+    status: str
+    """fresh, stale (an earlier output exists, for other inputs), missing (none at all), partial
+    (this key's folder without a record: unfinished, resumable) or damaged (unreadable record)."""
+    changes: list[str] = field(default_factory=list)
+    """What differs from `nearest`: 'model.top_k 3 -> 4', 'upstream changed: extract key', 'code version 1 -> 2'."""
+    nearest: Path | None = None
+    """The earlier output of this stage compared against (stale only)."""
+    detail: str = ""
+    """The reason for the other states."""
+
+    def text(self, cache_dir: Path) -> str:
+        if self.status == "stale" and self.nearest is not None:
+            where = _abbrev(_rel(self.nearest, cache_dir))
+            return f"changed since {where}: {'; '.join(self.changes) or 'no recorded difference'}"
+        return self.detail
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def _abbrev(path: str) -> str:
+    """'runs/ab12cd34ef56ab78/captions/...' -> 'runs/ab12cd34…/captions/...' (folder keys cut to 8 digits)."""
+    return re.sub(r"\b([0-9a-f]{8})[0-9a-f]{8}\b", "\\1…", path)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, str):
+        return v if len(v) <= 24 else v[:12] + "…"
+    if isinstance(v, (list, dict)):
+        text = json.dumps(v, default=str)
+        return text if len(text) <= 40 else text[:37] + "…"
+    return str(v)
+
+
+def _get(d: dict, dotted: str) -> Any:
+    cur: Any = d
+    for part in dotted.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return "<absent>"
+        cur = cur[part]
+    return cur
+
+
+def _field_prefix(stage: str, config: dict) -> str:
+    """Slices nested by section ({'model': {...}, 'train': {...}}) name fields fully already;
+    flat slices get the stage's section as prefix ('num_frames' -> 'extract.num_frames')."""
+    nested = bool(config) and all(k in SECTIONS and isinstance(v, dict) for k, v in config.items())
+    return "" if nested else f"{stage}."
+
+
+def changes_between(stage: str, old: dict, p: StagePlan) -> list[str]:
+    """The differences between an earlier record `old` and the plan `p` of the same stage, in words."""
+    prefix = _field_prefix(stage, p.config)
+    out = [
+        f"{prefix}{name} {_fmt(_get(old.get('config', {}), name))} -> {_fmt(_get(p.config, name))}"
+        for name in diff_configs(old.get("config", {}), p.config)
+    ]
+    old_parents = old.get("parents", {})
+    moved = sorted(k for k in set(old_parents) | set(p.parents) if old_parents.get(k) != p.parents.get(k))
+    if moved:
+        out.append("upstream changed: " + ", ".join(f"{k} key" for k in moved))
+    if str(old.get("version")) != str(p.version):
+        out.append(f"code version {old.get('version')} -> {p.version}")
+    return out
+
+
+def earlier_outputs(cfg: Config, stage: str) -> list[tuple[Path, dict]]:
+    """Every complete output of `stage` in this config's cache, with its record (damaged ones skipped:
+    they cannot be compared, and `status` reports them where they matter)."""
+    out = []
+    for d in sorted(cfg.cache_dir.glob(SIBLINGS[stage])):
+        try:
+            rec = read_record(d)
+        except DamagedRecordError:
+            continue
+        if rec is not None and rec.get("stage") == stage:
+            out.append((d, rec))
+    return out
+
+
+def explain(cfg: Config, p: StagePlan) -> Why:
+    """Fresh, or why not: compared with the nearest earlier output of the same stage."""
+    status = p.status()
+    if status == "fresh":
+        return Why("fresh", detail=_rel(p.out_dir, cfg.cache_dir))
+    if status == "partial":
+        return Why("partial", detail=f"unfinished output in {_rel(p.out_dir, cfg.cache_dir)} (no stage.json yet); running resumes it")
+    if status == "damaged":
+        return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json is unreadable; running rebuilds it")
+    if status == "stale":  # a record for another key in this key's folder (16-digit prefix clash)
+        return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json holds another key; running rebuilds it")
+    candidates = []
+    for d, rec in earlier_outputs(cfg, p.name):
+        ch = changes_between(p.name, rec, p)
+        candidates.append((len(ch), -float(rec.get("created", 0) or 0), d, ch))
+    if not candidates:
+        return Why("missing", detail="no earlier output")
+    _, _, nearest, ch = min(candidates, key=lambda c: (c[0], c[1]))
+    return Why("stale", changes=ch, nearest=nearest)
+
+
+# ---- the chain -----------------------------------------------------------------------------------
+
+@dataclass
+class StageOutcome:
+    name: str
+    key: str
+    out_dir: Path
+    action: str
+    """reused, run, or failed."""
+    why: Why
+    seconds: float = 0.0
+
+
+@dataclass
+class ChainResult:
+    cfg: Config | None = None
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def action(self, stage: str) -> str | None:
+        return next((o.action for o in self.outcomes if o.name == stage), None)
+
+    @property
+    def ran(self) -> list[str]:
+        return [o.name for o in self.outcomes if o.action == "run"]
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {o.name: o.key for o in self.outcomes}
+
+    def out_dir(self, stage: str) -> Path | None:
+        return next((o.out_dir for o in self.outcomes if o.name == stage), None)
+
+
+def _echo_default(text: str) -> None:
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def run_chain(
+    cfg: Config,
+    *,
+    upto: str = "score",
+    force: Iterable[str] = (),
+    progress: bool = True,
+    echo: Callable[[str], None] | None = _echo_default,
+    result: ChainResult | None = None,
+) -> ChainResult:
+    """Run the chain for `cfg` up to `upto`, reusing every stage whose key has a complete output.
+
+    Prints one line per stage (reused/run and why). `force` names stages to recompute even when
+    fresh. Fills and returns `result` (pass one in to keep what finished when a stage raises)."""
+    if upto not in STAGES:
+        raise UserError(f"--upto {upto!r}: expected one of {', '.join(STAGES)}")
+    force = set(force)
+    unknown = force - set(STAGES)
+    if unknown:
+        raise UserError(f"--force {', '.join(sorted(unknown))}: expected stage names ({', '.join(STAGES)})")
+    say = echo or (lambda _t: None)
+    result = result if result is not None else ChainResult()
+    result.cfg = cfg
+    plans = plan(cfg, upto=upto)
+    for name in STAGES[: STAGES.index(upto) + 1]:
+        p = plans[name]
+        why = explain(cfg, p)
+        where = escape(_rel(p.out_dir, cfg.cache_dir))
+        if why.status == "fresh" and name not in force:
+            result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
+            say(f"[green]{name}: reused[/] ({where})")
+            continue
+        reason = "forced" if why.status == "fresh" else escape(why.text(cfg.cache_dir))
+        say(f"[bold cyan]{name}: run[/] ({reason})")
+        outcome = StageOutcome(name, p.key, p.out_dir, "failed", why)
+        result.outcomes.append(outcome)
+        run = getattr(stage_module(name), "run", None)
+        if run is None:
+            raise UserError(f"stage {name} has no run() yet; it cannot be chained")
+        t0 = time.perf_counter()
+        try:
+            run(cfg, force=name in force, progress=progress)
+        finally:
+            outcome.seconds = time.perf_counter() - t0
+        if p.status() != "fresh":
+            raise RuntimeError(
+                f"stages.{name}.run returned but {p.out_dir} holds no complete record for key {short(p.key)} "
+                "(a stage must write its stage.json last, for the key plan() gives)"
+            )
+        outcome.action = "run"
+        say(f"[green]{name}: done[/] in {outcome.seconds:.1f}s ({where})")
+    if "score" in plans:
+        from pipeline.compare import read_scores
+
+        result.scores = read_scores(plans["score"].out_dir)
+    return result
+
+
+def _scores_table(scores: dict[str, float], title: str = "scores") -> Table:
+    from pipeline.sweep import metric_order
+
+    t = Table(title=title, title_justify="left")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for m in metric_order(scores):
+        t.add_row(m, f"{scores[m]:.4g}")
+    return t
+
+
+def print_summary(result: ChainResult, failed: bool = False) -> None:
+    """The end summary of `ecpa run`: each stage reused/run with its time, the scores, the outputs."""
+    cfg = result.cfg
+    base = cfg.cache_dir if cfg is not None else Path(".")
+    t = Table(title="chain" + (" (FAILED)" if failed else ""), title_justify="left")
+    for col in ("stage", "action", "time", "output"):
+        t.add_column(col, justify="right" if col == "time" else "left")
+    for o in result.outcomes:
+        style = {"reused": "green", "run": "cyan", "failed": "bold red"}[o.action]
+        t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(_rel(o.out_dir, base)))
+    console.print(t)
+    if result.scores:
+        console.print(_scores_table(result.scores))
+    if not failed and result.outcomes:
+        console.print(f"outputs under {escape(str(base))}/:", highlight=False)
+        for o in result.outcomes:
+            console.print(f"  {o.name:8s} {escape(str(o.out_dir))}", highlight=False)
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+UptoOpt = Annotated[str, typer.Option("--upto", help="Last stage to run: extract, train, caption or score.")]
+ForceOpt = Annotated[
+    Optional[list[str]], typer.Option("--force", help="Recompute this stage even when fresh (repeatable).")
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the stages.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
 
 
 @user_errors
-def run_command() -> None:
-    raise UserError("not built yet (issue 6)")
+def run_command(
+    preset: PresetOpt = None,
+    set: SetOpt = None,
+    cache: CacheOpt = None,
+    upto: UptoOpt = "score",
+    force: ForceOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    cfg = resolve_config(preset, set, cache)
+    result = ChainResult(cfg=cfg)
+    t0 = time.perf_counter()
+    try:
+        run_chain(cfg, upto=upto, force=force or (), progress=progress, result=result)
+    except BaseException:
+        if result.outcomes:
+            print_summary(result, failed=True)
+        raise
+    print_summary(result)
+    console.print(f"[green]chain done[/] in {time.perf_counter() - t0:.1f}s", highlight=False)
+
+
+def chain_status(cfg: Config, upto: str = "score") -> list[dict]:
+    """One dict per stage: stage, key, short, dir, status, reason, changes."""
+    rows = []
+    for name, p in plan(cfg, upto=upto).items():
+        why = explain(cfg, p)
+        rows.append({
+            "stage": name, "key": p.key, "short": short(p.key), "dir": str(p.out_dir), "status": why.status,
+            "reason": why.text(cfg.cache_dir), "changes": why.changes,
+            "nearest": str(why.nearest) if why.nearest else None,
+        })
+    return rows
 
 
 @user_errors
-def status_command() -> None:
-    raise UserError("not built yet (issue 6)")
+def status_command(
+    preset: PresetOpt = None,
+    set: SetOpt = None,
+    cache: CacheOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    cfg = resolve_config(preset, set, cache)
+    rows = chain_status(cfg)
+    if json_out:
+        print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "stages": rows}, indent=2))
+        return
+    t = Table(title=f"{cfg.preset}: {cfg.cache_dir}", title_justify="left")
+    for col in ("stage", "key", "status", "folder", "why"):
+        t.add_column(col, overflow="fold", no_wrap=col in ("stage", "key", "status"))
+    for r in rows:
+        style = STATUS_STYLE.get(r["status"], "white")
+        t.add_row(r["stage"], r["short"], f"[{style}]{r['status']}[/]", escape(_abbrev(_rel(Path(r["dir"]), cfg.cache_dir))),
+                  escape(r["reason"] if r["status"] != "fresh" else ""))
+    console.print(t)
+
+
+def run_sweep(
+    preset: str | None,
+    sets: list[str] | None,
+    grid_args: list[str],
+    *,
+    cache: Path | None = None,
+    name: str | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = _echo_default,
+) -> tuple[Path, list]:
+    """Run every point of the grid as a chain; write sweep.csv, sweep.json and sweep.png to
+    cache/<ds>/sweeps/<name>/. Returns (that folder, the SweepPoints)."""
+    from pipeline.sweep import SweepPoint, default_name, expand_grid, parse_grid, plot_sweep, write_csv, write_json
+
+    say = echo or (lambda _t: None)
+    grid = parse_grid(grid_args)
+    fields_ = [n for n, _ in grid]
+    base = resolve_config(preset, sets, cache)
+    points = expand_grid(grid)
+    # resolve every point first: a bad value stops the sweep before anything runs
+    cfgs = [resolve_config(preset, list(sets or []) + [f"{k}={v}" for k, v in pt.items()], cache) for pt in points]
+    out_dir = base.cache_dir / "sweeps" / (name or default_name(grid))
+    done: list[SweepPoint] = []
+    for i, (pt, cfg) in enumerate(zip(points, cfgs), 1):
+        desc = ", ".join(f"{k}={v}" for k, v in pt.items())
+        say(f"[bold]sweep point {i}/{len(points)}[/]: {escape(desc)}")
+        res = run_chain(cfg, progress=progress, echo=echo)
+        values = {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields_}
+        done.append(SweepPoint(values, res.keys, res.scores, {o.name: o.action for o in res.outcomes}))
+        write_csv(out_dir / "sweep.csv", fields_, done)
+        write_json(out_dir / "sweep.json", fields_, done,
+                   {"preset": base.preset, "sets": list(sets or []), "grid": dict(grid)})
+    plot_sweep(out_dir / "sweep.png", fields_, done, title=f"{base.preset}: {' x '.join(fields_)}")
+    return out_dir, done
 
 
 @user_errors
-def sweep_command() -> None:
-    raise UserError("not built yet (issue 6)")
+def sweep_command(
+    grid: Annotated[list[str], typer.Argument(help="section.field=v1,v2,... (several: a grid), e.g. model.top_k=1,2,3,4,5")],
+    preset: PresetOpt = None,
+    set: SetOpt = None,
+    cache: CacheOpt = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Sweep folder name (default: the swept fields).")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    from pipeline.sweep import metric_order
+
+    out_dir, points = run_sweep(preset, set, grid, cache=cache, name=name, progress=progress)
+    fields_ = list(points[0].values) if points else []
+    metrics = metric_order({m for p in points for m in p.metrics})
+    t = Table(title=f"sweep: {out_dir}", title_justify="left")
+    for col in [*fields_, "train", "ran", *metrics]:
+        t.add_column(col, justify="right")
+    for p in points:
+        ran = "".join(s[0].upper() if p.actions.get(s) == "run" else "·" for s in STAGES)
+        t.add_row(*[str(p.values[f]) for f in fields_], short(p.keys.get("train", ""))[:8], ran,
+                  *[f"{p.metrics[m]:.4g}" if m in p.metrics else "-" for m in metrics])
+    console.print(t)
+    console.print("ran: E extract, T train, C caption, S score (· reused)", highlight=False)
+    console.print(f"[green]sweep done[/]: {escape(str(out_dir / 'sweep.png'))}, {escape(str(out_dir / 'sweep.csv'))}",
+                  highlight=False)
 
 
 @user_errors
-def compare_command() -> None:
-    raise UserError("not built yet (issue 6)")
+def compare_command(
+    runs: Annotated[list[str], typer.Argument(help="Run folders (cache/<ds>/runs/<key>, or caption/score folders) or short train keys.")],
+    cache: CacheOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    from pipeline.compare import differing_fields, load_view, resolve_run
+    from pipeline.sweep import metric_order
+
+    if cache is not None:
+        caches = [Path(cache)]
+    else:
+        root = Path(DataConfig().cache_root)
+        caches = sorted(d for d in root.glob("*") if d.is_dir())
+    views = [load_view(resolve_run(a, caches), label=a) for a in runs]
+    diff = differing_fields(views)
+    metrics = metric_order({m for v in views for m in v.metrics})
+    if json_out:
+        print(json.dumps({
+            "runs": [{"label": v.label, "run_dir": str(v.run_dir), "score_dir": str(v.score_dir) if v.score_dir else None,
+                      "metrics": v.metrics, "fields": {n: v.fields().get(n) for n in diff}} for v in views],
+            "differing": diff,
+        }, indent=2, default=str))
+        return
+    t = Table(title="compare", title_justify="left")
+    t.add_column("")
+    for v in views:
+        t.add_column(escape(v.label), justify="right", overflow="fold")
+    t.add_row("run", *[escape(short(v.train["key"])) for v in views])
+    t.add_row("scored", *[escape(short(v.score["key"])) if v.score else "[yellow]no scores[/]" for v in views])
+    t.add_section()
+    for m in metrics:
+        vals = [v.metrics.get(m) for v in views]
+        best = max((x for x in vals if x is not None), default=None)
+        t.add_row(m, *["-" if x is None else (f"[bold]{x:.4g}[/]" if x == best and len(views) > 1 else f"{x:.4g}") for x in vals])
+    t.add_section()
+    flats = [v.fields() for v in views]
+    for n in diff:
+        t.add_row(escape(n), *[escape(_fmt(f.get(n, "<absent>"))) for f in flats])
+    if not diff:
+        t.add_row("[dim]config[/]", *["[dim]identical[/]" for _ in views])
+    console.print(t)

@@ -1,18 +1,31 @@
 """Stage one: decode each clip once; ResNet50-ER, ANFL and Video Swin features into Zarr.
 
-Output: cache/<dataset>/features/<extract-key>/{store.zarr, errors.jsonl, stage.json}.
+Output: cache/<dataset>/features/<extract-key>/{store.zarr, errors.jsonl, config.yaml, stage.json}.
+
+Reads top to bottom: plan (key, folder) -> reuse if fresh -> build the extractors (stops here when a
+checkpoint is missing) -> lock the folder -> open the partial store or create it -> extract the
+clips not done yet (in this process, or on dask workers) -> errors.jsonl -> record, last.
 """
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
+from typing import Annotated, Optional
 
-from pipeline.config import Config, section_slice
-from stages._common import CacheOpt, PresetOpt, SetOpt, resolve_config, user_errors
-from pipeline.errors import UserError
-from pipeline.records import file_sha256
+import numpy as np
+import typer
+
+from pipeline.config import Config, save_config, section_slice
+from pipeline.errors import CacheMismatchError, UserError
+from pipeline.records import StageRecord, file_sha256, read_record, write_record
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 VERSION = "1"
 """Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema)."""
+
+SEED = 0
+"""Seed of random-init extractors (the same in every process, so dask workers agree)."""
 
 
 def weight_provenance(cfg: Config) -> dict[str, str]:
@@ -39,6 +52,179 @@ def config_slice(cfg: Config) -> dict:
     return s
 
 
+def _warn_random_init(provenance: dict[str, str]) -> None:
+    random = [k for k, v in provenance.items() if v == "random-init"]
+    if random:
+        console.print(
+            f"[bold black on yellow] WARNING [/] [bold yellow]RANDOM WEIGHTS for {', '.join(random)}: these features "
+            "are for trials and tests only, not for results (extract.random_init=true)[/]", highlight=False)
+
+
+def _open_or_create_store(store_path: Path, ids: list[str], shapes, attrs: dict, force: bool):
+    """The partial store of an earlier run of this key (validated), or a new empty one. A new store is
+    created under a temporary name and renamed, so an interruption never leaves a half-made group."""
+    from pipeline.store import create_store, open_store, validate_store
+
+    if force and store_path.exists():
+        shutil.rmtree(store_path)
+    if store_path.exists():
+        g = open_store(store_path, mode="r+")
+        try:
+            validate_store(g, store_path, expect=shapes)
+        except CacheMismatchError as e:
+            raise CacheMismatchError(f"{e}; rerun with --force to start this extraction over") from None
+        stored = [str(x) for x in np.asarray(g["clip_id"][:])]
+        if stored != ids:
+            raise CacheMismatchError(f"{store_path}: the partial store lists other clips than the manifest; "
+                                     "rerun with --force to start this extraction over")
+        return g
+    tmp = store_path.with_name(store_path.name + ".creating")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    create_store(tmp, ids, shapes, attrs)
+    tmp.rename(store_path)
+    return open_store(store_path, mode="r+")
+
+
+def _progress(total: int, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    class Rate(TextColumn):
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            return TextColumn.render(self, task) if speed is None else f"{speed:.2f} clips/s"
+
+    return Progress(TextColumn("[bold]extract[/]"), BarColumn(), MofNCompleteColumn(), Rate(""),
+                    TextColumn("{task.fields[failed]} failed"), TimeRemainingColumn(),
+                    console=console, disable=not enabled, transient=False)
+
+
+def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool = False,
+        scheduler: str | None = None, workers_cluster: int | None = None, extractors=None) -> dict:
+    """Extract the features of every manifest clip into the store of this config's extract key.
+
+    Resumes a partial store (done clips are skipped), records failed clips in errors.jsonl, writes
+    stage.json only once every clip is done or failed. `strict`: raise UserError when any clip
+    failed (after writing everything). `scheduler` (a dask address) or `workers_cluster` (a local dask
+    cluster of that many processes) distribute the clips. `extractors` overrides the built bundle
+    (tests: call-counting wrappers)."""
+    from pipeline.extraction import (ERRORS_NAME, ClipTask, ExtractResult, StoreLock, extract_into_store,
+                                     read_errors, resolve_device, write_errors)
+    from pipeline.manifest import read_manifest
+    from pipeline.models.extractors import build_extractors
+    from stages.plan import plan
+
+    p = plan(cfg, upto="extract")["extract"]
+    if p.status() == "fresh" and not force:
+        return read_record(p.out_dir)
+    clips = read_manifest(cfg.manifest_path)
+    ids = [c.id for c in clips]
+    ex = cfg.extract
+    device = resolve_device(ex.device)
+
+    t0 = time.perf_counter()
+    if extractors is None:  # stops here, before anything is written, when a checkpoint is missing
+        extractors = build_extractors(ex, len(cfg.data.emotions), device if scheduler is None and not workers_cluster
+                                      else "cpu", seed=SEED, memo_dir=cfg.cache_dir)
+    _warn_random_init(extractors.provenance)
+    shapes = extractors.shapes(ex.num_frames, ex.au_frames, ex.crop)
+    t_build = time.perf_counter() - t0
+
+    p.out_dir.mkdir(parents=True, exist_ok=True)
+    store_path = p.out_dir / "store.zarr"
+    errors_path = p.out_dir / ERRORS_NAME
+    attrs = {"extract": p.config, "extract_key": p.key, "au_names": list(extractors.au_names),
+             "emotions": list(cfg.data.emotions), "weights": dict(extractors.provenance), "stage_version": VERSION}
+    with StoreLock(p.out_dir, str(store_path)):
+        if force:
+            (p.out_dir / "stage.json").unlink(missing_ok=True)
+            errors_path.unlink(missing_ok=True)
+        g = _open_or_create_store(store_path, ids, shapes, attrs, force)
+        save_config(cfg, p.out_dir / "config.yaml")
+        done_before = np.asarray(g["done"][:], dtype=bool)
+        tasks = [ClipTask(i, c.id, c.video) for i, c in enumerate(clips) if not done_before[i]]
+        old_errors = read_errors(errors_path)
+        result = ExtractResult()
+        try:
+            if tasks and (scheduler or workers_cluster):
+                from pipeline.distributed import extract_distributed
+
+                result = extract_distributed(str(store_path), tasks, ex, len(cfg.data.emotions), seed=SEED,
+                                             scheduler=scheduler, n_workers=workers_cluster, progress=progress)
+            elif tasks:
+                with _progress(len(ids), progress) as bar:
+                    task = bar.add_task("extract", total=len(ids), completed=int(done_before.sum()), failed=0)
+                    counts = {"failed": 0}
+
+                    def on_clip(kind: str, n: int) -> None:
+                        if kind == "failed":
+                            counts["failed"] += n
+                        bar.update(task, advance=n, failed=counts["failed"])
+
+                    result = extract_into_store(g, tasks, extractors, ex, device, on_clip=on_clip)
+        finally:
+            # Even when interrupted: errors.jsonl holds every known failure of a clip that is not done.
+            done_now = np.asarray(g["done"][:], dtype=bool)
+            done_ids = {ids[i] for i in np.flatnonzero(done_now)}
+            failures = write_errors(errors_path, [*old_errors, *(f.record() for f in result.failed)], done_ids)
+        seconds = time.perf_counter() - t0
+
+        n_done, n_failed = int(done_now.sum()), len(failures)
+        counts = {"clips": len(ids), "done": n_done, "failed": n_failed, "skipped": int(done_before.sum()),
+                  "extracted": result.done, "decoders": result.decoders}
+        summary = {**counts, "seconds": round(seconds, 3),
+                   "clips_per_s": round(result.done / max(result.seconds, 1e-9), 3) if result.done else 0.0}
+        if n_done + n_failed != len(ids):
+            raise RuntimeError(f"extraction ended with {len(ids) - n_done - n_failed} clips neither done nor failed")
+        rec = StageRecord(
+            stage="extract", key=p.key, version=VERSION, config=p.config, parents=p.parents,
+            timings={"total_s": round(seconds, 3), "build_s": round(t_build, 3), "loop_s": round(result.seconds, 3),
+                     "decode_s": round(result.decode_seconds, 3), "compute_s": round(result.compute_seconds, 3),
+                     "write_s": round(result.write_seconds, 3)},
+            counts=counts,
+            extra={"store": str(store_path), "errors": str(errors_path), "weights": dict(extractors.provenance),
+                   "clips_per_s": summary["clips_per_s"], "device": str(device),
+                   "distributed": scheduler or (f"local:{workers_cluster}" if workers_cluster else None)},
+        )
+        write_record(p.out_dir, rec)
+    out = rec.to_dict()
+    out["summary"] = summary
+    if strict and n_failed:
+        raise UserError(f"{n_failed} of {len(ids)} clips failed (--strict); reasons in {errors_path}")
+    return out
+
+
 @user_errors
-def command(preset: PresetOpt = None, set: SetOpt = None, cache: CacheOpt = None) -> None:
-    raise UserError("this stage is not built yet (issue 3)")
+def command(
+    preset: PresetOpt = None,
+    set: SetOpt = None,
+    cache: CacheOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Start over: delete this key's store and extract every clip again.")] = False,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Random extractor weights (trials only; keyed and recorded).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero when any clip failed.")] = False,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="dask scheduler address (tcp://host:8786) to distribute the clips.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Distribute over a local dask cluster of N processes.")] = None,
+    export_hdf5: Annotated[Optional[Path], typer.Option("--export-hdf5", help="Also export the store to this HDF5 file (/<array>/<clip_id>).")] = None,
+) -> None:
+    """Stage one: decode every clip once, run ResNet50-ER, ANFL and Video Swin, write the Zarr store."""
+    sets = list(set or [])
+    if random_init:
+        sets.append("extract.random_init=true")
+    cfg = resolve_config(preset, sets, cache)
+    rec = run(cfg, force=force, strict=False, scheduler=scheduler, workers_cluster=workers)
+    c = rec["counts"]
+    s = rec.get("summary")
+    rate = f", {s['clips_per_s']:.2f} clips/s" if s and s.get("extracted") else ""
+    reused = "" if s else " (reused: key unchanged)"
+    console.print(f"[bold green]extract[/] {c['done']}/{c['clips']} clips done, {c['failed']} failed, "
+                  f"{c.get('skipped', 0) if s else c['done']} skipped{rate}{reused} -> {rec['extra']['store']}",
+                  highlight=False)
+    if c["failed"]:
+        console.print(f"[yellow]{c['failed']} clips failed[/]; reasons in {rec['extra']['errors']}", highlight=False)
+    if export_hdf5 is not None:
+        from pipeline.interop import export_hdf5 as export
+
+        n = export(rec["extra"]["store"], export_hdf5)
+        console.print(f"exported {n} clips to {export_hdf5}", highlight=False)
+    if strict and c["failed"]:
+        raise UserError(f"{c['failed']} of {c['clips']} clips failed (--strict); reasons in {rec['extra']['errors']}")

@@ -1,12 +1,23 @@
 """Stage two: train ECPA's prompts, alignment losses and multimodal transformer on cached tensors.
 
-Output: cache/<dataset>/runs/<train-key>/{checkpoints, metrics.jsonl, config.yaml, plots, stage.json}.
+Output: cache/<dataset>/runs/<train-key>/{tokenizer.json, checkpoints/{last,best}.pt, metrics.jsonl,
+loss_curves.png, val/epoch_<e>.json, config.yaml, stage.json}.
+
+Reads top to bottom: config -> plan and cache guard -> train (pipeline.training) -> record.
+Under torchrun every rank runs `run`; rank 0 writes the outputs and the record.
 """
 from __future__ import annotations
 
-from pipeline.config import Config, section_slice
-from stages._common import CacheOpt, PresetOpt, SetOpt, resolve_config, user_errors
-from pipeline.errors import UserError
+import shutil
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import Config, save_config, section_slice
+from pipeline.errors import CacheMismatchError, UserError
+from pipeline.records import StageRecord, read_record, write_record
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 VERSION = "1"
 """Bump when what training computes changes (model maths, losses, data order)."""
@@ -21,6 +32,89 @@ def config_slice(cfg: Config) -> dict:
     }
 
 
+def check_store_fits(cfg: Config, store_path, extract_plan) -> None:
+    """Refuse a store written for another extraction: its recorded key must be the one this config plans."""
+    from pipeline.store import open_store
+
+    g = open_store(store_path)
+    attrs = dict(g.attrs)
+    key = attrs.get("extract_key")
+    if key is None:
+        raise CacheMismatchError(f"{store_path}: the store carries no extract_key attribute, so it cannot be matched "
+                                 "to this config; rerun `ecpa extract`")
+    if key != extract_plan.key:
+        raise CacheMismatchError(
+            f"{store_path}: the store was extracted with key {key[:16]}, this config expects {extract_plan.key[:16]} "
+            "(frame sampling, crops, extractors or weights differ); run `ecpa extract` with this config")
+    emotions = attrs.get("emotions")
+    if emotions is not None and list(emotions) != list(cfg.data.emotions):
+        raise CacheMismatchError(f"{store_path}: store emotion classes {emotions} differ from data.emotions "
+                                 f"{cfg.data.emotions}")
+
+
+def run(cfg: Config, *, force: bool = False, progress: bool = True, resume: bool = True) -> dict:
+    """Train for `cfg` unless a fresh run with the same key exists. `resume` continues from the run's
+    last checkpoint (a killed run); `force` retrains from scratch."""
+    from pipeline import training
+    from pipeline.manifest import read_manifest
+    from stages.plan import plan
+
+    training.check_config(cfg)
+    plans = plan(cfg, upto="train")
+    p, ex = plans["train"], plans["extract"]
+    if p.status() == "fresh" and not force:
+        return read_record(p.out_dir)
+    if ex.status() != "fresh":
+        raise UserError(f"the features for this config are {ex.status()} ({ex.out_dir}); run `ecpa extract` "
+                        "(or `make extract`) with the same preset/--set first")
+    store_path = ex.out_dir / "store.zarr"
+    check_store_fits(cfg, store_path, ex)
+    rank = training.dist_env()[0]
+    if force and rank == 0 and p.out_dir.exists():
+        shutil.rmtree(p.out_dir)
+    if rank == 0:
+        (p.out_dir / "stage.json").unlink(missing_ok=True)
+        p.out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, p.out_dir / "config.yaml")
+
+    t0 = time.perf_counter()
+    summary = training.train(cfg, store_path=store_path, clips=read_manifest(cfg.manifest_path), run_dir=p.out_dir,
+                             progress=progress, resume=resume and not force)
+    summary.pop("model")
+    seconds = time.perf_counter() - t0
+    rec = StageRecord(
+        stage="train", key=p.key, version=VERSION, config=p.config, parents=p.parents,
+        timings={"total_s": round(seconds, 3), "train_s": round(summary["train_s"], 3)},
+        counts={k: summary[k] for k in ("epochs_run", "steps_per_epoch", "train_clips", "train_pairs", "val_clips")}
+        | {"skipped_clips": len(summary["skipped_clips"])},
+        extra={"run_dir": str(p.out_dir), "best": summary["best"], "last_val": summary["last_val"],
+               "resumed_from_epoch": summary["start_epoch"], "steps_per_s": summary["steps_per_s"],
+               "device": summary["device"], "world_size": summary["world_size"], "params": summary["params"],
+               "in_memory": summary["in_memory"], "skipped": summary["skipped_clips"][:20]},
+    )
+    if rank == 0:
+        write_record(p.out_dir, rec)
+    return rec.to_dict()
+
+
 @user_errors
-def command(preset: PresetOpt = None, set: SetOpt = None, cache: CacheOpt = None) -> None:
-    raise UserError("this stage is not built yet (issue 4)")
+def command(
+    preset: PresetOpt = None,
+    set: SetOpt = None,
+    cache: CacheOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Retrain from scratch even when a fresh run exists.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue a killed run from its last checkpoint.")] = True,
+    ablation: Annotated[Optional[str], typer.Option("--ablation", help="A named row of Tables IV-VI (baseline, vep, vep_tep, ecpa, no_er_align, no_au_align, align_global, align_sim_ce, align_ce, align_contrastive); --set overrides it.")] = None,
+) -> None:
+    """Stage two on a feature cache: `ecpa-train --cache cache/mafw [--set train.lr=1e-4 ...]`."""
+    from pipeline.training import ablation_sets
+
+    sets = (ablation_sets(ablation) if ablation else []) + list(set or [])
+    cfg = resolve_config(preset, sets, cache)
+    rec = run(cfg, force=force, resume=resume)
+    extra = rec.get("extra", {})
+    best = extra.get("best", {})
+    cider = best.get("CIDEr")
+    shown = f"best val CIDEr {cider:.3f} (epoch {best.get('epoch')})" if cider is not None else \
+        f"best = epoch {best.get('epoch')} (no validation)"
+    console.print(f"[green]train[/] {rec['key'][:16]}: {shown}; run folder {extra.get('run_dir')}")

@@ -1,0 +1,360 @@
+"""Caption decoding for the ECPA / SwinBERT multimodal transformer: greedy and beam search, with a prefix cache.
+
+References: SwinBERT (Lin et al. 2022) decodes a masked-language model autoregressively: the input is
+[CLS] w1 .. w_{t-1} [MASK] followed by the video (and here the prompt) tokens; the prediction at the
+[MASK] slot becomes w_t; repeat until [SEP] or `max_length` tokens ([CLS] included). Beam search keeps
+`beam_size` hypotheses per clip and ranks finished ones by sum(log p) / length**length_penalty.
+
+Two ways to compute the logits at the [MASK] slot, both behind the same search:
+
+* uncached (the reference): `model.encode(batch, tokens)` over the whole [caption; context] sequence
+  with `model.attention_mask`, every step.
+* prefix cache (`use_cache=True`): context tokens (video, prompts) never attend to caption tokens, so
+  their per-layer keys/values are computed ONCE per clip by running the context through the layers
+  alone (context -> context attention, the same mask block). Caption tokens attend causally, so the
+  keys/values of a real caption token never change once computed; each step runs only the newest
+  real token and the new [MASK] slot through the layers, attending to the cached caption keys/values
+  plus the cached context keys/values, and caches the real token's keys/values (the [MASK] slot's are
+  dropped: that slot is replaced next step). Context keys/values are kept once per clip and shared by
+  its beams. The layer step reuses the BertLayer submodules (post-LN: attention -> output.dense ->
+  dropout -> LayerNorm(+residual) -> intermediate -> output.dense -> LayerNorm(+residual)).
+
+Both give the same captions (tests/pipeline/test_decoding.py) in eval mode; `decode` switches the model
+to eval for its duration and restores the previous mode.
+
+Search details shared by both paths: [PAD], [CLS] and [MASK] are never generated (they are not words);
+[UNK] and [SEP] are. Returned ids exclude [CLS] and [SEP].
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pipeline.errors import UserError
+
+
+# ---------------------------------------------------------------------------------------------
+# Logit computers: uncached (reference) and prefix-cached
+# ---------------------------------------------------------------------------------------------
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
+
+
+class _Uncached:
+    """Full forward over [caption; context] each step (`model.encode`), beams as repeated batch rows."""
+
+    def __init__(self, model, batch: dict, beam: int, max_length: int):
+        self.model = model
+        self.beam = beam
+        self.batch = {
+            k: (v.repeat_interleave(beam, dim=0) if isinstance(v, Tensor) and v.dim() > 0 else v) for k, v in batch.items()
+        }
+        self.emotion: Tensor | None = None
+
+    def logits(self, tokens: Tensor, parent: Tensor | None) -> Tensor:
+        """tokens (N, t+1) ending with [MASK] -> logits (N, V) at the [MASK] slot."""
+        cap_h, ctx_h, _ = self.model.encode(self.batch, tokens)
+        if self.emotion is None:
+            emo = self.model.emotion_logits(ctx_h)
+            self.emotion = None if emo is None else emo[:: self.beam]
+        return self.model.mlm_logits(cap_h[:, -1])
+
+
+class _PrefixCache:
+    """Context keys/values computed once per clip; caption keys/values appended step by step."""
+
+    def __init__(self, model, batch: dict, beam: int, max_length: int):
+        self.model = model
+        self.beam = beam
+        layers = model.encoder.layer
+        ctx, valid = model.embed_context(batch)             # (B, Lc, H), (B, Lc)
+        B, Lc, H = ctx.shape
+        self.B = B
+        T = max_length
+        # The model's own mask at the longest caption this search can build, cut into its blocks.
+        full = model.attention_mask(T, valid).to(ctx.dtype)  # (B, 1, T+Lc, T+Lc)
+        self.mask_cap_cap = full[:, :, :T, :T].contiguous()  # (B, 1, T, T) caption -> caption
+        self.mask_cap_ctx = full[:, :, :T, T:].contiguous()  # (B, 1, T, Lc) caption -> context
+        mask_ctx = full[:, :, T:, T:].contiguous()           # (B, 1, Lc, Lc) context -> context
+        del full
+
+        self.k_ctx: list[Tensor] = []
+        self.v_ctx: list[Tensor] = []
+        x = ctx
+        for layer in layers:
+            sa = layer.attention.self
+            q, k, v = (self._heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))  # (B, h, Lc, d)
+            self.k_ctx.append(k)
+            self.v_ctx.append(v)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_ctx, scale=sa.scaling)
+            x = self._ffn(layer, a.transpose(1, 2).reshape(B, Lc, H), x)
+        self.emotion = model.emotion_logits(x)
+        self.k_cap: list[Tensor | None] = [None] * len(layers)
+        self.v_cap: list[Tensor | None] = [None] * len(layers)
+
+    @staticmethod
+    def _heads(t: Tensor, sa) -> Tensor:
+        """(N, L, H) -> (N, heads, L, d)."""
+        N, L, _ = t.shape
+        return t.view(N, L, sa.num_attention_heads, sa.attention_head_size).transpose(1, 2)
+
+    @staticmethod
+    def _ffn(layer, attn: Tensor, x: Tensor) -> Tensor:
+        """BertLayer after the attention core: output projection + LN(residual), feed-forward + LN(residual)."""
+        h = layer.attention.output(attn, x)
+        return layer.output(layer.intermediate(h), h)
+
+    def logits(self, tokens: Tensor, parent: Tensor | None) -> Tensor:
+        """tokens (N, t+1) ending with [MASK], N = B*beam; parent (N,) the row each came from last step."""
+        model = self.model
+        N, L = tokens.shape
+        B, K = self.B, self.beam
+        done = 0 if self.k_cap[0] is None else self.k_cap[0].shape[2]   # caption positions cached
+        if parent is not None and done:
+            self.k_cap = [k.index_select(0, parent) for k in self.k_cap]
+            self.v_cap = [v.index_select(0, parent) for v in self.v_cap]
+        new = tokens[:, done:]                                 # newest real token(s) + [MASK]
+        n = new.shape[1]
+        x = model.embed_caption(new, position_offset=done)    # (N, n, H)
+        H = x.shape[-1]
+        rows = slice(done, L)
+        m_cap = self.mask_cap_cap[:, :, rows, :L][:, None]     # (B, 1, 1, n, L)
+        m_ctx = self.mask_cap_ctx[:, :, rows][:, None]         # (B, 1, 1, n, Lc)
+        for i, layer in enumerate(model.encoder.layer):
+            sa = layer.attention.self
+            q, k, v = (self._heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))  # (N, h, n, d)
+            if done:
+                k_all = torch.cat([self.k_cap[i], k], dim=2)  # (N, h, L, d)
+                v_all = torch.cat([self.v_cap[i], v], dim=2)
+            else:
+                k_all, v_all = k, v
+            self.k_cap[i] = k_all[:, :, : L - 1]              # drop the [MASK] slot: replaced next step
+            self.v_cap[i] = v_all[:, :, : L - 1]
+            h, d = q.shape[1], q.shape[3]
+            qb = q.view(B, K, h, n, d)
+            # caption -> caption, per beam
+            s_cap = (qb @ k_all.view(B, K, h, L, d).transpose(-1, -2)) * sa.scaling + m_cap      # (B, K, h, n, L)
+            # caption -> context, context keys shared by the clip's beams
+            q_shared = qb.permute(0, 2, 1, 3, 4).reshape(B, h, K * n, d)
+            s_ctx = (q_shared @ self.k_ctx[i].transpose(-1, -2)) * sa.scaling                    # (B, h, K*n, Lc)
+            s_ctx = s_ctx.view(B, h, K, n, -1).permute(0, 2, 1, 3, 4) + m_ctx                   # (B, K, h, n, Lc)
+            p = torch.softmax(torch.cat([s_cap, s_ctx], dim=-1), dim=-1)
+            p_cap, p_ctx = p[..., :L], p[..., L:]
+            a = p_cap @ v_all.view(B, K, h, L, d)                                                 # (B, K, h, n, d)
+            a_ctx = p_ctx.permute(0, 2, 1, 3, 4).reshape(B, h, K * n, -1) @ self.v_ctx[i]       # (B, h, K*n, d)
+            a = a + a_ctx.view(B, h, K, n, d).permute(0, 2, 1, 3, 4)
+            a = a.reshape(N, h, n, d).transpose(1, 2).reshape(N, n, H)
+            x = self._ffn(layer, a, x)
+        return model.mlm_logits(x[:, -1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Search
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _banned(model) -> list[int]:
+    return sorted({int(model.pad_id), int(model.cls_id), int(model.mask_id)})
+
+
+def _check_args(model, tokenizer, beam_size: int, max_length: int) -> None:
+    if beam_size < 1:
+        raise UserError(f"caption.beam_size must be >= 1, got {beam_size}")
+    if max_length < 2:
+        raise UserError(f"caption.max_length must be >= 2 ([CLS] plus one word), got {max_length}")
+    max_pos = model.position_embeddings.num_embeddings
+    if max_length > max_pos:
+        raise UserError(f"caption.max_length={max_length} exceeds the model's {max_pos} caption positions")
+    if tokenizer is not None:
+        ours = (model.cls_id, model.sep_id, model.mask_id, model.pad_id)
+        theirs = (tokenizer.cls_id, tokenizer.sep_id, tokenizer.mask_id, tokenizer.pad_id)
+        if ours != theirs:
+            raise UserError(
+                f"tokenizer special ids (cls, sep, mask, pad) = {theirs} differ from the model's {ours}: "
+                "the run's tokenizer.json does not belong to this checkpoint"
+            )
+
+
+def _greedy(step, model, B: int, max_length: int, device) -> list[list[int]]:
+    cls, sep, mask, pad = model.cls_id, model.sep_id, model.mask_id, model.pad_id
+    banned = _banned(model)
+    tokens = torch.full((B, 1), cls, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    mask_col = torch.full((B, 1), mask, dtype=torch.long, device=device)
+    for _ in range(1, max_length):                      # the sequence holds at most max_length tokens
+        logits = step.logits(torch.cat([tokens, mask_col], dim=1), None)
+        logits[:, banned] = -math.inf
+        nxt = logits.argmax(dim=-1)
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        finished |= nxt == sep
+        if bool(finished.all()):
+            break
+    out = []
+    for row in tokens[:, 1:].tolist():
+        ids = []
+        for t in row:
+            if t in (sep, pad):
+                break
+            ids.append(t)
+        out.append(ids)
+    return out
+
+
+def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, device) -> list[list[int]]:
+    """Beam search; a finished hypothesis scores sum(log p) / (generated tokens, [SEP] included)**length_penalty.
+
+    A clip stops when it holds K finished hypotheses and its best live beam cannot beat the worst of them
+    at the current length (the usual heuristic); at max_length the live beams count as finished."""
+    cls, sep, mask, pad = model.cls_id, model.sep_id, model.mask_id, model.pad_id
+    banned = _banned(model)
+    N = B * K
+    tokens = torch.full((N, 1), cls, dtype=torch.long, device=device)
+    mask_col = torch.full((N, 1), mask, dtype=torch.long, device=device)
+    scores = torch.full((B, K), -math.inf, device=device)
+    scores[:, 0] = 0.0                                  # one live beam at the start: no duplicates
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    done = [False] * B
+    parent: Tensor | None = None
+    for cur_len in range(1, max_length):                # cur_len = tokens generated after this step
+        logits = step.logits(torch.cat([tokens, mask_col], dim=1), parent)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp[:, banned] = -math.inf
+        V = logp.shape[-1]
+        cand = (scores.view(N, 1) + logp).view(B, K * V)
+        top_s, top_i = cand.topk(2 * K, dim=1)
+        top_s, top_i = top_s.tolist(), top_i.tolist()
+        rows = tokens.tolist()
+        new_parent, new_tok, new_score = [], [], []
+        for b in range(B):
+            if done[b]:
+                new_parent += [b * K + j for j in range(K)]
+                new_tok += [pad] * K
+                new_score += [-math.inf] * K
+                continue
+            live = 0
+            for rank, (s, idx) in enumerate(zip(top_s[b], top_i[b])):
+                j, tok = divmod(idx, V)
+                if s == -math.inf:
+                    break
+                if tok == sep:
+                    if rank < K:
+                        finished[b].append((s / cur_len ** length_penalty, rows[b * K + j][1:]))
+                    continue
+                new_parent.append(b * K + j)
+                new_tok.append(tok)
+                new_score.append(s)
+                live += 1
+                if live == K:
+                    break
+            while live < K:                               # fewer live candidates than beams: pad dead rows
+                new_parent.append(b * K)
+                new_tok.append(pad)
+                new_score.append(-math.inf)
+                live += 1
+            finished[b].sort(key=lambda h: -h[0])
+            del finished[b][K:]
+            best_live = max(new_score[-K:])
+            if len(finished[b]) >= K and (best_live == -math.inf or finished[b][-1][0] >= best_live / cur_len ** length_penalty):
+                done[b] = True
+        parent = torch.tensor(new_parent, dtype=torch.long, device=device)
+        tokens = torch.cat([tokens.index_select(0, parent), torch.tensor(new_tok, device=device)[:, None]], dim=1)
+        scores = torch.tensor(new_score, device=device).view(B, K)
+        if all(done):
+            break
+    # max length reached: live beams join the finished ones (no [SEP]: cut at max_length)
+    rows = tokens.tolist()
+    flat_scores = scores.view(-1).tolist()
+    out = []
+    for b in range(B):
+        hyps = list(finished[b])
+        if not done[b]:
+            for j in range(K):
+                s = flat_scores[b * K + j]
+                if s > -math.inf:
+                    gen = rows[b * K + j][1:]
+                    hyps.append((s / len(gen) ** length_penalty, gen))
+        if not hyps:
+            out.append([])
+            continue
+        best = max(hyps, key=lambda h: h[0])[1]
+        out.append([t for t in best if t not in (sep, pad)])
+    return out
+
+
+def decode_with_emotion(
+    model,
+    batch: dict,
+    tokenizer=None,
+    *,
+    beam_size: int = 1,
+    max_length: int = 20,
+    length_penalty: float = 1.0,
+    use_cache: bool = True,
+) -> tuple[list[list[int]], Tensor | None]:
+    """Captions (token ids without [CLS]/[SEP], one list per clip) and emotion logits (B, E) (None when the
+    model has no emotion head). `batch` holds the cached arrays (`vid`, `er`, `au_feats`, `au_probs`);
+    tensors are moved to the model's device. `max_length` counts [CLS]; `beam_size` 1 is greedy."""
+    _check_args(model, tokenizer, beam_size, max_length)
+    device = next(model.parameters()).device
+    batch = _to_device(batch, device)
+    B = batch["vid"].shape[0]
+    with _eval_mode(model):
+        step = (_PrefixCache if use_cache else _Uncached)(model, batch, beam_size, max_length)
+        if beam_size == 1:
+            ids = _greedy(step, model, B, max_length, device)
+        else:
+            ids = _beam(step, model, B, beam_size, max_length, length_penalty, device)
+        emotion = step.emotion  # the uncached path sets it at its first step (max_length >= 2: always runs)
+    return ids, (None if emotion is None else emotion.float())
+
+
+def decode(
+    model,
+    batch: dict,
+    tokenizer=None,
+    *,
+    beam_size: int = 1,
+    max_length: int = 20,
+    length_penalty: float = 1.0,
+    use_cache: bool = True,
+) -> list[list[int]]:
+    """Token ids of one caption per clip (without [CLS]/[SEP]); see `decode_with_emotion`."""
+    return decode_with_emotion(
+        model, batch, tokenizer, beam_size=beam_size, max_length=max_length,
+        length_penalty=length_penalty, use_cache=use_cache,
+    )[0]
+
+
+def step_logits(model, batch: dict, tokens: Tensor, *, use_cache: bool) -> list[Tensor]:
+    """Logits at the [MASK] slot for every prefix of `tokens` (B, T) fed step by step (teacher forcing):
+    element t is (B, V) for input tokens[:, :t+1] + [MASK]. For parity tests of the two paths."""
+    device = next(model.parameters()).device
+    batch = _to_device(batch, device)
+    tokens = tokens.to(device)
+    B, T = tokens.shape
+    out = []
+    with _eval_mode(model):
+        step = (_PrefixCache if use_cache else _Uncached)(model, batch, 1, T + 1)
+        mask_col = torch.full((B, 1), model.mask_id, dtype=torch.long, device=device)
+        for t in range(1, T + 1):
+            out.append(step.logits(torch.cat([tokens[:, :t], mask_col], dim=1), None))
+    return out

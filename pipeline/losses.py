@@ -1,0 +1,225 @@
+"""ECPA's training objective: MLM masking and loss (SwinBERT), L_ER and L_AUCL (ECA), the Table VI
+alternatives to L_AUCL, SwinBERT's sparse-attention L1 term, and Dynamic Weight Averaging.
+
+References: SwinBERT (Lin et al. 2022) for MLM masking (mask_prob 0.5, at most 45 tokens, 80/10/10);
+ECPA (Wang, Liu et al.) eq. for L_AUCL; DWA from Liu, Johns, Davison 2019 ("End-to-End Multi-Task
+Learning with Attention"): w_k = K exp(r_k/T) / sum_i exp(r_i/T), r_k = L_k(t-1) / L_k(t-2).
+
+Alignment losses (train.align_loss), between the AU prompts A (B, K, H) and the word prompts W (the caption's
+word vectors, B, Lt, H, only real words), with D = cos(A_i, W_j) and the Hungarian matching pi of AU prompts
+to words maximising sum D (scipy linear_sum_assignment, computed on detached D):
+
+* aucl (paper): over the matched pairs (i, pi(i)), Y = [D > T_C], loss (1-Y) D^2 + Y max(0, m - D)^2, mean.
+* global (Table VI "global similarity"): 1 - cos(mean_i A_i, mean_j W_j).
+* sim_ce ("similarity-based cross-entropy"): softmax over words of D / SIM_CE_TEMPERATURE, target pi(i).
+* ce ("cross-entropy"): each AU prompt classified over the vocabulary (logits A_i . E^T with the word
+  embedding table E), target the token id of its matched word.
+* contrastive ("normal contrastive", Hadsell et al.): on every (i, j) pair with distance d = 1 - D and
+  Y_ij = [j = pi(i)]: Y d^2 + (1 - Y) max(0, m - d)^2, mean.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+ALIGN_LOSSES = ("aucl", "global", "sim_ce", "ce", "contrastive")
+SIM_CE_TEMPERATURE = 0.1
+"""Temperature of the similarity-based cross-entropy alternative."""
+
+
+# ------------------------------------------------------------------ MLM masking (SwinBERT)
+
+def mask_tokens(
+    input_ids: Tensor,
+    *,
+    special_ids: set[int] | frozenset[int],
+    mask_id: int,
+    vocab_size: int,
+    mask_prob: float = 0.5,
+    max_masked: int = 45,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """SwinBERT's MLM masking. Per caption: n = min(max(round(mask_prob * words), 1), max_masked) of its real
+    word tokens (never a special token: [CLS], [SEP], [PAD], ...) are chosen uniformly; each becomes [MASK]
+    with p 0.8, a random non-special token with p 0.1, stays itself with p 0.1.
+
+    Returns (masked input_ids, labels) with labels = original id where chosen, -100 elsewhere."""
+    ids = input_ids.clone()
+    labels = torch.full_like(input_ids, -100)
+    special = torch.tensor(sorted(special_ids), dtype=input_ids.dtype)
+    is_word = ~torch.isin(input_ids, special)
+    normal = torch.ones(vocab_size, dtype=torch.bool)
+    normal[special[special < vocab_size]] = False
+    normal_ids = normal.nonzero().squeeze(1)
+    for b in range(ids.shape[0]):
+        cand = is_word[b].nonzero().squeeze(1)
+        n_words = cand.numel()
+        if n_words == 0:
+            continue
+        n = min(max(int(round(mask_prob * n_words)), 1), max_masked)
+        chosen = cand[torch.randperm(n_words, generator=generator)[:n]]
+        labels[b, chosen] = input_ids[b, chosen]
+        u = torch.rand(n, generator=generator)
+        to_mask = chosen[u < 0.8]
+        to_rand = chosen[(u >= 0.8) & (u < 0.9)]
+        ids[b, to_mask] = mask_id
+        if to_rand.numel():
+            pick = torch.randint(len(normal_ids), (to_rand.numel(),), generator=generator)
+            ids[b, to_rand] = normal_ids[pick].to(ids.dtype)
+    return ids, labels
+
+
+def loss_mlm(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy over the predicted (masked) positions: logits (N, V), targets (N,)."""
+    if targets.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), targets)
+
+
+# ------------------------------------------------------------------ ECA
+
+def loss_er(emotion_logits: Tensor, emotion: Tensor) -> Tensor:
+    """L_ER: cross-entropy of the emotion class from concat(P_ER, P_S) (the model's emotion head).
+    Clips without an emotion label (index -1) are left out."""
+    if not bool((emotion >= 0).any()):
+        return emotion_logits.sum() * 0.0
+    return F.cross_entropy(emotion_logits.float(), emotion, ignore_index=-1)
+
+
+def cosine_matrix(a: Tensor, w: Tensor) -> Tensor:
+    """D[i, j] = cos(a_i, w_j); a zero vector gives 0. a (K, H), w (W, H) -> (K, W)."""
+    return F.normalize(a.float(), dim=-1, eps=1e-8) @ F.normalize(w.float(), dim=-1, eps=1e-8).t()
+
+
+def hungarian(D: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the matching maximising sum D (min(K, W) pairs)."""
+    rows, cols = linear_sum_assignment(D.detach().cpu().numpy(), maximize=True)
+    return rows, cols
+
+
+def aucl_pairs(D_matched: Tensor, tau_c: float, margin: float) -> Tensor:
+    """The paper's L_AUCL term on matched similarities: Y = D > T_C, (1-Y) D^2 + Y max(0, m - D)^2 (per pair)."""
+    Y = (D_matched > tau_c).to(D_matched.dtype).detach()
+    return (1 - Y) * D_matched.pow(2) + Y * (margin - D_matched).clamp(min=0).pow(2)
+
+
+def align_loss(
+    name: str,
+    au_prompts: Tensor,
+    word_prompts: Tensor,
+    word_valid: Tensor,
+    *,
+    tau_c: float = 0.3,
+    margin: float = 0.5,
+    word_ids: Tensor | None = None,
+    embedding_weight: Tensor | None = None,
+) -> Tensor:
+    """AU-word alignment loss `name` (see the module docstring) averaged over the batch.
+    au_prompts (B, K, H), word_prompts (B, Lt, H), word_valid (B, Lt) bool; `ce` also needs word_ids (B, Lt)
+    and the word embedding table (V, H). Captions without a real word contribute nothing."""
+    if name not in ALIGN_LOSSES:
+        raise ValueError(f"unknown alignment loss {name!r} (one of {', '.join(ALIGN_LOSSES)})")
+    terms: list[Tensor] = []
+    for b in range(au_prompts.shape[0]):
+        a = au_prompts[b]
+        valid = word_valid[b]
+        if not bool(valid.any()):
+            continue
+        w = word_prompts[b][valid]
+        if name == "global":
+            terms.append((1 - F.cosine_similarity(a.float().mean(0), w.float().mean(0), dim=0, eps=1e-8))[None])
+            continue
+        D = cosine_matrix(a, w)                                    # (K, W)
+        rows, cols = hungarian(D)
+        r, c = torch.as_tensor(rows, device=D.device), torch.as_tensor(cols, device=D.device)
+        if name == "aucl":
+            terms.append(aucl_pairs(D[r, c], tau_c, margin))
+        elif name == "sim_ce":
+            terms.append(F.cross_entropy(D[r] / SIM_CE_TEMPERATURE, c, reduction="none"))
+        elif name == "ce":
+            if word_ids is None or embedding_weight is None:
+                raise ValueError("align_loss 'ce' needs word_ids and embedding_weight")
+            target = word_ids[b][valid][c]
+            logits = a[r].float() @ embedding_weight.float().t()
+            terms.append(F.cross_entropy(logits, target, reduction="none"))
+        else:  # contrastive
+            Y = torch.zeros_like(D)
+            Y[r, c] = 1.0
+            d = 1 - D
+            terms.append((Y * d.pow(2) + (1 - Y) * (margin - d).clamp(min=0).pow(2)).flatten())
+    if not terms:
+        return au_prompts.sum() * 0.0 + word_prompts.sum() * 0.0
+    return torch.cat(terms).mean()
+
+
+# ------------------------------------------------------------------ all losses of one step
+
+def compute_losses(out: dict, batch: dict, tcfg, model) -> dict[str, Tensor]:
+    """The task losses switched on by the config, from `ECPA.forward`'s output:
+    mlm always; er with train.align_er; align (L_AUCL or a Table VI alternative) with train.align_au;
+    sparse (the L1 term, weighted by lambda_sparse outside DWA) when the model has sparse attention."""
+    losses = {"mlm": loss_mlm(out["mlm_logits"], out["mlm_targets"])}
+    if tcfg.align_er:
+        losses["er"] = loss_er(out["emotion_logits"], batch["emotion"])
+    if tcfg.align_au:
+        losses["aucl"] = align_loss(
+            tcfg.align_loss, out["au_prompts"], out["word_prompts"], out["word_valid"], tau_c=tcfg.tau_c,
+            margin=tcfg.margin, word_ids=out.get("word_ids"), embedding_weight=model.word_embeddings.weight,
+        )
+    if out.get("sparse_l1") is not None:
+        losses["sparse"] = out["sparse_l1"]
+    return losses
+
+
+def total_loss(losses: dict[str, Tensor], weights: dict[str, float], lambda_sparse: float) -> Tensor:
+    """sum_k w_k L_k over the task losses + lambda_sparse * sparse."""
+    total = sum(weights[k] * v for k, v in losses.items() if k != "sparse")
+    if "sparse" in losses:
+        total = total + lambda_sparse * losses["sparse"]
+    return total
+
+
+# ------------------------------------------------------------------ loss weighting
+
+class LossWeights:
+    """Epoch-level loss weights: Dynamic Weight Averaging (`mode='dwa'`) or fixed (`mode='fixed'`).
+
+    DWA: after epochs t-1 and t-2 are known, w_k(t) = K exp(r_k / T) / sum_i exp(r_i / T) with
+    r_k = L_k(t-1) / L_k(t-2) (L = the epoch's mean loss, K = number of weighted losses); the first two
+    epochs use w_k = 1. Fixed: w_k = lambda_k. `history` (per-epoch means) is checkpointed."""
+
+    def __init__(self, mode: str, names: list[str], temperature: float = 2.0, fixed: dict[str, float] | None = None):
+        if mode not in ("dwa", "fixed"):
+            raise ValueError(f"train.weighting must be dwa or fixed, got {mode!r}")
+        self.mode, self.names, self.temperature = mode, list(names), temperature
+        self.fixed = dict(fixed or {})
+        self.history: list[dict[str, float]] = []
+
+    def weights(self) -> dict[str, float]:
+        """Weights for the coming epoch."""
+        if self.mode == "fixed":
+            return {k: float(self.fixed.get(k, 1.0)) for k in self.names}
+        if len(self.history) < 2:
+            return {k: 1.0 for k in self.names}
+        prev, prev2 = self.history[-1], self.history[-2]
+        r = {k: prev[k] / max(prev2[k], 1e-12) for k in self.names}
+        m = max(r[k] / self.temperature for k in self.names)       # stable softmax
+        e = {k: math.exp(r[k] / self.temperature - m) for k in self.names}
+        z = sum(e.values())
+        return {k: len(self.names) * e[k] / z for k in self.names}
+
+    def end_epoch(self, epoch_means: dict[str, float]) -> None:
+        self.history.append({k: float(epoch_means[k]) for k in self.names})
+
+    def state_dict(self) -> dict:
+        return {"mode": self.mode, "names": self.names, "temperature": self.temperature, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["names"] != self.names or state["mode"] != self.mode:
+            raise ValueError(f"loss-weight state for {state['mode']} {state['names']} cannot resume {self.mode} {self.names}")
+        self.history = [dict(h) for h in state["history"]]

@@ -1,0 +1,203 @@
+"""Parameter sweeps: grid expansion, the results CSV, and the paper-style plot (ECPA Figs. 6-8).
+
+A sweep is a list of `section.field=v1,v2,...` arguments; their cartesian product gives the points,
+and each point is an ordinary chain run (`stages.chain.run_chain`) with those `--set` overrides, so
+everything a point shares with earlier runs (usually the extraction) is reused. This module only
+does the pure parts: parsing, expanding, and writing `sweep.csv` / `sweep.png` / `sweep.json`;
+the driving loop lives in `stages/chain.py`.
+
+Plot: one panel per metric (BLEU-4, METEOR, ROUGE-L, CIDEr, emotion accuracy), the first swept
+field on x, markers and lines; with more fields, one line per value of the others.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import parse_override
+from pipeline.errors import UserError
+from pipeline.records import atomic_write_text
+
+# Metrics the plot shows, in panel order: (display name, the score keys that name it).
+PLOT_METRICS: list[tuple[str, tuple[str, ...]]] = [
+    ("BLEU-4", ("Bleu_4", "bleu_4", "BLEU-4", "bleu4")),
+    ("METEOR", ("METEOR", "meteor")),
+    ("ROUGE-L", ("ROUGE_L", "rouge_l", "ROUGE-L")),
+    ("CIDEr", ("CIDEr", "cider")),
+    ("Emotion acc.", ("emotion_acc", "emotion_accuracy", "emo_acc", "emotion")),
+]
+
+
+def metric_order(names: list[str] | set[str]) -> list[str]:
+    """Metric keys in report order: the plotted ones first (paper order), then the rest sorted."""
+    names = set(names)
+    head = [k for _, aliases in PLOT_METRICS for k in aliases if k in names]
+    return head + sorted(names - set(head))
+
+
+def plotted_metrics(names: list[str] | set[str]) -> list[tuple[str, str]]:
+    """(display name, score key) for each plotted metric present in `names`."""
+    out = []
+    for display, aliases in PLOT_METRICS:
+        key = next((a for a in aliases if a in names), None)
+        if key is not None:
+            out.append((display, key))
+    return out
+
+
+# ---- grid ----------------------------------------------------------------------------------------
+
+def parse_grid(args: list[str]) -> list[tuple[str, list[str]]]:
+    """['model.top_k=1,2,3', 'train.tau_c=0.2,0.3'] -> [('model.top_k', ['1','2','3']), ('train.tau_c', [...])].
+
+    Values are split on commas (so list-valued fields cannot be swept this way)."""
+    if not args:
+        raise UserError("sweep: give at least one field=values argument, e.g. model.top_k=1,2,3,4,5")
+    grid: list[tuple[str, list[str]]] = []
+    seen = set()
+    for text in args:
+        section, name, raw = parse_override(text)
+        dotted = f"{section}.{name}"
+        if dotted in seen:
+            raise UserError(f"sweep: field {dotted} given twice; put all its values in one argument: {dotted}=a,b,c")
+        seen.add(dotted)
+        values = [v.strip() for v in raw.split(",")]
+        if not raw.strip() or any(v == "" for v in values):
+            raise UserError(f"sweep: {text!r}: expected comma-separated values, e.g. {dotted}=1,2,3")
+        if len(set(values)) != len(values):
+            raise UserError(f"sweep: {text!r}: a value is listed twice")
+        grid.append((dotted, values))
+    return grid
+
+
+def expand_grid(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
+    """Cartesian product, the first field varying slowest: [{'model.top_k': '1', ...}, ...]."""
+    names = [n for n, _ in grid]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(vals for _, vals in grid))]
+
+
+def default_name(grid: list[tuple[str, list[str]]]) -> str:
+    """Folder name of a sweep: the swept fields, e.g. 'model.top_k' or 'model.top_k--train.tau_c'."""
+    return "--".join(re.sub(r"[^A-Za-z0-9_.-]", "_", n) for n, _ in grid)
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+@dataclass
+class SweepPoint:
+    """One finished point of a sweep."""
+
+    values: dict[str, Any]
+    """Swept field -> typed value (as resolved by the config)."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """Stage -> full key (extract, train, caption, score)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    actions: dict[str, str] = field(default_factory=dict)
+    """Stage -> 'reused' or 'run'."""
+
+
+def write_csv(path: Path, fields: list[str], points: list[SweepPoint], short_len: int = 16) -> Path:
+    """One row per point: the swept fields, train key, caption key, every metric."""
+    metrics = metric_order({m for p in points for m in p.metrics})
+    header = [*fields, "train_key", "caption_key", *metrics]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for p in points:
+            w.writerow(
+                [p.values[n] for n in fields]
+                + [p.keys.get("train", "")[:short_len], p.keys.get("caption", "")[:short_len]]
+                + [p.metrics.get(m, "") for m in metrics]
+            )
+    tmp.replace(path)
+    return path
+
+
+def write_json(path: Path, fields: list[str], points: list[SweepPoint], meta: dict) -> Path:
+    payload = {
+        **meta,
+        "fields": fields,
+        "points": [
+            {"values": p.values, "keys": p.keys, "metrics": p.metrics, "actions": p.actions} for p in points
+        ],
+    }
+    atomic_write_text(Path(path), json.dumps(payload, indent=2, default=str) + "\n")
+    return Path(path)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def x_axis(fields: list[str], points: list[SweepPoint]) -> tuple[list, bool]:
+    """The distinct values of the first field in plotting order, and whether they are numeric
+    (numbers sort; anything else keeps first-seen order at evenly spaced positions 0, 1, ...)."""
+    xs = list(dict.fromkeys(p.values[fields[0]] for p in points))
+    numeric = all(_is_number(x) for x in xs)
+    return (sorted(xs) if numeric else xs), numeric
+
+
+def sweep_lines(fields: list[str], points: list[SweepPoint], metric: str) -> dict[str, list[tuple[Any, float]]]:
+    """The lines of one panel: label ('' for a 1-D sweep, else 'train.tau_c=0.3, ...' for the values of
+    the fields after the first) -> [(x position, metric value)] sorted by x."""
+    x_field, other_fields = fields[0], fields[1:]
+    xs, numeric = x_axis(fields, points)
+    pos = {x: (x if numeric else i) for i, x in enumerate(xs)}
+    lines: dict[str, list[tuple[Any, float]]] = {}
+    for p in points:
+        if metric not in p.metrics:
+            continue
+        label = ", ".join(f"{f}={p.values[f]}" for f in other_fields)
+        lines.setdefault(label, []).append((pos[p.values[x_field]], p.metrics[metric]))
+    return {k: sorted(v, key=lambda xy: xy[0]) for k, v in lines.items()}
+
+
+def plot_sweep(path: Path, fields: list[str], points: list[SweepPoint], title: str = "") -> Path:
+    """The paper-style figure: one panel per metric, the first field on x, one line per value of the
+    other fields (a single line for a 1-D sweep). Non-numeric x values sit at evenly spaced ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = {m for p in points for m in p.metrics}
+    panels = plotted_metrics(present)
+    if not panels:
+        raise UserError(
+            f"sweep plot: none of the plotted metrics ({', '.join(d for d, _ in PLOT_METRICS)}) "
+            f"is in the scores (found: {', '.join(sorted(present)) or 'nothing'})"
+        )
+    x_ticks, numeric_x = x_axis(fields, points)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.2), squeeze=False)
+    x_field, other_fields = fields[0], fields[1:]
+    for ax, (display, key) in zip(axes[0], panels):
+        for label, xy in sweep_lines(fields, points, key).items():
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", linewidth=1.5, markersize=5,
+                    label=label or None)
+        ax.set_title(display)
+        ax.set_xlabel(x_field)
+        if not numeric_x:
+            ax.set_xticks(range(len(x_ticks)), [str(x) for x in x_ticks])
+        elif all(isinstance(x, int) for x in x_ticks):
+            ax.set_xticks(x_ticks)
+        ax.grid(True, alpha=0.3)
+    if other_fields:
+        axes[0][-1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

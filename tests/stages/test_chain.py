@@ -1,0 +1,462 @@
+"""The chain (`ecpa run/status/sweep/compare`): which stages run for which change.
+
+Most tests replace the four stage `run` functions by fakes that follow the stage contract (plan ->
+fresh? -> parents fresh? -> write stage.json via pipeline.records) and the manifest by a hash of
+the data section, so every rule is checked exactly and fast. Which stages ran is read from the
+stage records on disk (new or rewritten stage.json files), not from the chain's own report.
+The last tests drive the real stages on the shared tiny demo.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import sys
+import types
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.config import SECTIONS, canonical_json, load_config, section_slice
+from pipeline.errors import UserError
+from pipeline.records import StageRecord, read_record, short, write_record
+from stages import chain
+from stages.plan import plan
+
+STAGES = ["extract", "train", "caption", "score"]
+
+
+# ---- fakes ---------------------------------------------------------------------------------------
+
+def fake_metrics(cfg) -> dict:
+    """Scores a fake score stage writes: known functions of the config, so sweeps can be checked."""
+    k, beam = cfg.model.top_k, cfg.caption.beam_size
+    return {"Bleu_4": 0.10 + 0.01 * k, "METEOR": 0.15 + 0.002 * k, "ROUGE_L": 0.40 - 0.003 * k,
+            "CIDEr": 0.30 + 0.02 * k + 0.001 * beam, "emotion_acc": 0.5 + 0.01 * (cfg.train.seed % 7)}
+
+
+class Fakes:
+    def __init__(self):
+        self.calls: list[str] = []
+        self.fail: dict[str, BaseException] = {}
+        self.no_record: set[str] = set()
+
+    def make(self, stage: str):
+        def run(cfg, *, force: bool = False, progress: bool = True) -> dict:
+            plans = plan(cfg, upto=stage)
+            p = plans[stage]
+            if p.status() == "fresh" and not force:
+                return read_record(p.out_dir)
+            for parent in STAGES[: STAGES.index(stage)]:
+                if plans[parent].status() != "fresh":
+                    raise UserError(f"{stage}: {parent} output missing; run `ecpa {parent}` first")
+            self.calls.append(stage)
+            if stage in self.fail:
+                raise self.fail[stage]
+            p.out_dir.mkdir(parents=True, exist_ok=True)
+            if stage == "score":
+                (p.out_dir / "scores.json").write_text(json.dumps(fake_metrics(cfg)))
+            if stage in self.no_record:
+                return {}
+            rec = StageRecord(stage=stage, key=p.key, version=p.version, config=p.config, parents=p.parents,
+                              timings={"total": 0.0})
+            write_record(p.out_dir, rec)
+            return rec.to_dict()
+
+        return run
+
+
+def fake_ensure_manifest(cfg) -> str:
+    """The manifest's content hash, stood in by the keyed data fields (clips, seed, split...)."""
+    return hashlib.sha256(canonical_json(section_slice(cfg.data)).encode()).hexdigest()
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    f = Fakes()
+    for stage in STAGES:
+        monkeypatch.setattr(f"stages.{stage}.run", f.make(stage), raising=False)
+    mod = types.ModuleType("pipeline.manifest")
+    mod.ensure_manifest = fake_ensure_manifest
+    monkeypatch.setitem(sys.modules, "pipeline.manifest", mod)
+    return f
+
+
+@pytest.fixture
+def sets(tmp_path) -> list[str]:
+    return [f"data.root={tmp_path / 'data'}", f"data.cache_root={tmp_path / 'cache'}"]
+
+
+def cfg_of(sets, *more):
+    return load_config("demo", [*sets, *more])
+
+
+def records(cache_root: Path) -> dict[Path, tuple[str, float]]:
+    """Every stage.json under the cache: path -> (stage, created)."""
+    out = {}
+    for path in Path(cache_root).rglob("stage.json"):
+        rec = json.loads(path.read_text())
+        out[path] = (rec["stage"], rec["created"])
+    return out
+
+
+def ran_between(before: dict, after: dict) -> list[str]:
+    """Stages whose record is new or rewritten, in chain order."""
+    changed = {stage for path, (stage, created) in after.items() if before.get(path) != (stage, created)}
+    return [s for s in STAGES if s in changed]
+
+
+def run_and_see(cfg, lines: list[str] | None = None) -> tuple[list[str], chain.ChainResult]:
+    root = Path(cfg.data.cache_root)
+    before = records(root)
+    res = chain.run_chain(cfg, progress=False, echo=(lines.append if lines is not None else None))
+    ran = ran_between(before, records(root))
+    assert ran == res.ran, "the chain's report disagrees with the records on disk"
+    return ran, res
+
+
+@pytest.fixture
+def baseline(fakes, sets):
+    ran, res = run_and_see(cfg_of(sets))
+    assert ran == STAGES
+    return res
+
+
+# ---- reuse rules ---------------------------------------------------------------------------------
+
+def test_first_run_runs_all_then_everything_is_reused(fakes, sets):
+    lines: list[str] = []
+    ran, res = run_and_see(cfg_of(sets), lines)
+    assert ran == STAGES and fakes.calls == STAGES
+    assert "no earlier output" in lines[0]
+    assert res.scores == pytest.approx(fake_metrics(cfg_of(sets)))
+
+    lines.clear()
+    ran, res2 = run_and_see(cfg_of(sets), lines)
+    assert ran == [] and fakes.calls == STAGES  # no stage function was even called again
+    assert res2.keys == res.keys
+    ex = res.out_dir("extract")
+    assert any(line.startswith("[green]extract: reused") and f"features/{ex.name}" in line for line in lines)
+
+
+@pytest.mark.parametrize("change, field_text", [
+    ("model.top_k=4", "model.top_k 3 -> 4"),
+    ("train.tau_c=0.2", "train.tau_c 0.3 -> 0.2"),
+    ("train.margin=0.7", "train.margin 0.5 -> 0.7"),
+    ("train.lambda_aucl=0.5", "train.lambda_aucl 1.0 -> 0.5"),
+    ("train.lr=0.001", "train.lr 0.0005 -> 0.001"),
+    ("model.layers=3", "model.layers 2 -> 3"),
+    ("train.seed=7", "train.seed 42 -> 7"),
+    ("train.weighting=fixed", "train.weighting dwa -> fixed"),
+])
+def test_stage_two_fields_reuse_the_extraction(baseline, sets, change, field_text):
+    lines: list[str] = []
+    ran, res = run_and_see(cfg_of(sets, change), lines)
+    assert ran == ["train", "caption", "score"]
+    assert res.out_dir("extract") == baseline.out_dir("extract")
+    train_line = next(line for line in lines if "train: run" in line)
+    assert f"changed since runs/{baseline.out_dir('train').name[:8]}…: {field_text}" in train_line
+    assert "upstream changed" not in train_line
+    caption_line = next(line for line in lines if "caption: run" in line)
+    assert "upstream changed: train key" in caption_line
+
+
+@pytest.mark.parametrize("change", ["caption.beam_size=3", "caption.max_length=12", "caption.checkpoint=last",
+                                    "caption.length_penalty=0.6"])
+def test_decoding_fields_reuse_the_training(baseline, sets, change):
+    lines: list[str] = []
+    ran, res = run_and_see(cfg_of(sets, change), lines)
+    assert ran == ["caption", "score"]
+    assert res.out_dir("train") == baseline.out_dir("train")
+    assert res.out_dir("caption").parent == baseline.out_dir("caption").parent  # under the same run
+    field = change.split("=")[0]
+    assert any("caption: run" in line and field in line for line in lines)
+
+
+def test_score_field_reruns_only_scoring(baseline, sets):
+    ran, _ = run_and_see(cfg_of(sets, "score.meteor=false"))
+    assert ran == ["score"]
+
+
+@pytest.mark.parametrize("change", ["extract.num_frames=16", "extract.size=96", "extract.au_frames=2",
+                                    "extract.swin=swin3d_t"])
+def test_frame_sampling_and_extractors_rerun_everything(baseline, sets, change):
+    lines: list[str] = []
+    ran, _ = run_and_see(cfg_of(sets, change), lines)
+    assert ran == STAGES
+    assert any("extract: run" in line and f"extract.{change.split('.')[1].split('=')[0]}" in line for line in lines)
+    # downstream stages are explained by their parents, not by fields of their own
+    assert any("train: run" in line and "upstream changed: extract key" in line for line in lines)
+
+
+def test_dataset_change_reruns_everything_through_the_manifest(baseline, sets):
+    lines: list[str] = []
+    ran, _ = run_and_see(cfg_of(sets, "data.demo_clips=30"), lines)
+    assert ran == STAGES
+    assert any("extract: run" in line and "upstream changed: manifest key" in line for line in lines)
+
+
+def _weights(dir_: Path, swin: bytes = b"swin-v1") -> list[str]:
+    dir_.mkdir(parents=True, exist_ok=True)
+    (dir_ / "er.pth").write_bytes(b"er weights")
+    (dir_ / "au.pth").write_bytes(b"au weights")
+    (dir_ / "swin.pth").write_bytes(swin)
+    return ["extract.random_init=false", f"extract.weights_dir={dir_}", "extract.er_weights=er.pth",
+            "extract.au_weights=au.pth", "extract.swin_weights=swin.pth"]
+
+
+def test_weight_file_contents_rerun_everything_paths_do_not(fakes, sets, tmp_path):
+    w = _weights(tmp_path / "w1")
+    assert run_and_see(cfg_of(sets, *w))[0] == STAGES
+    # the same files in another folder: contents are keyed, not paths
+    w2 = _weights(tmp_path / "w2")
+    assert run_and_see(cfg_of(sets, *w2))[0] == []
+    # another Video Swin checkpoint (other bytes) in the first folder
+    (tmp_path / "w1" / "swin.pth").write_bytes(b"swin-v2, retrained")
+    lines: list[str] = []
+    ran, _ = run_and_see(cfg_of(sets, *w), lines)
+    assert ran == STAGES
+    assert any("extract: run" in line and "extract.weights.swin" in line for line in lines)
+
+
+def test_switching_a_value_back_reuses_the_earlier_outputs(baseline, sets):
+    assert run_and_see(cfg_of(sets, "model.top_k=5"))[0] == ["train", "caption", "score"]
+    assert run_and_see(cfg_of(sets, "model.top_k=5", "caption.beam_size=2"))[0] == ["caption", "score"]
+    ran, res = run_and_see(cfg_of(sets))
+    assert ran == [] and res.keys == baseline.keys
+    assert run_and_see(cfg_of(sets, "model.top_k=5", "caption.beam_size=2"))[0] == []
+
+
+KNOB_CHANGES = ["extract.batch_size=2", "extract.workers=7", "extract.device=cpu", "train.device=cpu",
+                "train.num_workers=3", "train.log_every=1", "caption.batch_size=5", "caption.device=cpu",
+                "caption.prefix_cache=false", "data.check_videos=false"]
+
+
+@pytest.mark.parametrize("change", KNOB_CHANGES)
+def test_knobs_never_invalidate(baseline, sets, change):
+    ran, res = run_and_see(cfg_of(sets, change))
+    assert ran == [] and res.keys == baseline.keys
+
+
+def _perturbed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 1.5 + 0.1
+    if isinstance(value, list):
+        return [*value, "extra"]
+    return f"{value}-other"
+
+
+def test_every_knob_is_unkeyed_and_every_keyed_stage_field_is_keyed(fakes, sets):
+    """Over all config fields: a knob() never moves a key; a keyed field of the extract/model/train/
+    caption/score sections moves its stage's key (weight *paths* excepted: their contents are keyed)."""
+    base = plan(cfg_of(sets))
+    base_keys = {s: p.key for s, p in base.items()}
+    owner = {"extract": "extract", "model": "train", "train": "train", "caption": "caption", "score": "score"}
+    path_fields = {"weights_dir", "er_weights", "au_weights", "swin_weights"}
+    for section in SECTIONS:
+        for f in fields(getattr(cfg_of(sets), section)):
+            if section == "data" and f.name in ("root", "cache_root"):
+                continue  # where things are, not what they hold
+            cfg = cfg_of(sets)
+            setattr(getattr(cfg, section), f.name, _perturbed(getattr(getattr(cfg, section), f.name)))
+            keys = {s: p.key for s, p in plan(cfg).items()}
+            name = f"{section}.{f.name}"
+            if not f.metadata.get("keyed", True):
+                assert keys == base_keys, f"knob {name} changed a stage key"
+            elif section in owner and f.name not in path_fields:
+                stage = owner[section]
+                assert keys[stage] != base_keys[stage], f"{name} is not in the {stage} key"
+                upstream = STAGES[: STAGES.index(stage)]
+                assert all(keys[s] == base_keys[s] for s in upstream), f"{name} moved an upstream key"
+
+
+def test_code_version_bump_invalidates_the_stage_and_downstream(baseline, sets, monkeypatch):
+    monkeypatch.setattr("stages.train.VERSION", "2")
+    rows = {r["stage"]: r for r in chain.chain_status(cfg_of(sets))}
+    assert {s: r["status"] for s, r in rows.items()} == {
+        "extract": "fresh", "train": "stale", "caption": "stale", "score": "stale"}
+    assert rows["train"]["changes"] == ["code version 1 -> 2"]
+    assert rows["caption"]["changes"] == ["upstream changed: train key"]
+    ran, _ = run_and_see(cfg_of(sets))
+    assert ran == ["train", "caption", "score"]
+
+
+# ---- status --------------------------------------------------------------------------------------
+
+def test_status_missing_partial_damaged_fresh(fakes, sets):
+    cfg = cfg_of(sets)
+    assert [r["status"] for r in chain.chain_status(cfg)] == ["missing"] * 4
+    p = plan(cfg)
+    p["extract"].out_dir.mkdir(parents=True)
+    (p["extract"].out_dir / "store.zarr").mkdir()
+    assert [r["status"] for r in chain.chain_status(cfg)] == ["partial", "missing", "missing", "missing"]
+    (p["extract"].out_dir / "stage.json").write_text('{"stage": "extract", "ke')  # torn write
+    rows = chain.chain_status(cfg)
+    assert rows[0]["status"] == "damaged" and "unreadable" in rows[0]["reason"]
+    # the chain rebuilds a damaged or partial output rather than trusting it
+    (p["extract"].out_dir / "stage.json").unlink()
+    assert run_and_see(cfg)[0] == STAGES
+    assert [r["status"] for r in chain.chain_status(cfg)] == ["fresh"] * 4
+
+
+def test_status_command_json_and_table(baseline, sets):
+    runner = CliRunner()
+    from stages.cli import app
+
+    args = ["status", "--preset", "demo", *sum((["--set", s] for s in sets), [])]
+    res = runner.invoke(app, [*args, "--set", "model.top_k=4", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    st = {r["stage"]: r for r in data["stages"]}
+    assert [st[s]["status"] for s in STAGES] == ["fresh", "stale", "stale", "stale"]
+    assert st["extract"]["short"] == baseline.out_dir("extract").name
+    assert st["train"]["changes"] == ["model.top_k 3 -> 4"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0
+    for s in STAGES:
+        assert s in res.output
+    assert res.output.count("fresh") == 4
+
+
+# ---- ecpa run: summary and failures --------------------------------------------------------------
+
+def _run_cli(sets, *extra):
+    from stages.cli import app
+
+    return CliRunner().invoke(app, ["run", "--preset", "demo", "--no-progress",
+                                    *sum((["--set", s] for s in sets), []), *extra])
+
+
+def test_run_command_prints_the_summary(fakes, sets):
+    res = _run_cli(sets)
+    assert res.exit_code == 0, res.output
+    for s in STAGES:
+        assert f"{s}: run" in res.output
+    assert "CIDEr" in res.output and "chain done" in res.output
+    res = _run_cli(sets)
+    assert res.exit_code == 0 and res.output.count("reused") >= 8  # 4 lines + 4 summary rows
+
+
+def test_run_command_fails_non_zero_and_keeps_finished_stages(fakes, sets):
+    fakes.fail["train"] = RuntimeError("boom")
+    res = _run_cli(sets)
+    assert res.exit_code != 0 and isinstance(res.exception, RuntimeError)
+    assert "FAILED" in res.output
+    assert [s for s, _ in records(Path(cfg_of(sets).data.cache_root)).values()] == ["extract"]
+    fakes.fail["train"] = UserError("cache does not fit")
+    res = _run_cli(sets)
+    assert res.exit_code == 2 and "cache does not fit" in res.output
+    del fakes.fail["train"]
+    cfg = cfg_of(sets)
+    ran, _ = run_and_see(cfg)
+    assert ran == ["train", "caption", "score"]  # the extraction of the failed attempt is reused
+
+
+def test_a_stage_that_writes_no_record_is_a_bug_not_a_success(fakes, sets):
+    fakes.no_record.add("caption")
+    with pytest.raises(RuntimeError, match="no complete record"):
+        chain.run_chain(cfg_of(sets), progress=False, echo=None)
+
+
+def test_upto_and_force(fakes, sets):
+    ran, res = run_and_see_upto(cfg_of(sets), "train")
+    assert ran == ["extract", "train"] and [o.name for o in res.outcomes] == ["extract", "train"]
+    root = Path(cfg_of(sets).data.cache_root)
+    before = records(root)
+    chain.run_chain(cfg_of(sets), force=["train"], progress=False, echo=None)
+    assert ran_between(before, records(root)) == ["train", "caption", "score"]
+    with pytest.raises(UserError, match="expected stage names"):
+        chain.run_chain(cfg_of(sets), force=["trian"], progress=False, echo=None)
+
+
+def run_and_see_upto(cfg, upto):
+    root = Path(cfg.data.cache_root)
+    before = records(root)
+    res = chain.run_chain(cfg, upto=upto, progress=False, echo=None)
+    return ran_between(before, records(root)), res
+
+
+# ---- sweep ---------------------------------------------------------------------------------------
+
+def test_sweep_over_k_shares_the_extraction(fakes, sets):
+    lines: list[str] = []
+    out, points = chain.run_sweep("demo", sets, ["model.top_k=1,2,3,4,5"], progress=False, echo=lines.append)
+    root = Path(cfg_of(sets).data.cache_root)
+    stages_on_disk = [s for s, _ in records(root).values()]
+    assert stages_on_disk.count("extract") == 1
+    assert stages_on_disk.count("train") == stages_on_disk.count("score") == 5
+    assert fakes.calls.count("extract") == 1
+    assert [line for line in lines if "sweep point" in line][-1].endswith("point 5/5[/]: model.top_k=5")
+    assert out == cfg_of(sets).cache_dir / "sweeps" / "model.top_k"
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["model.top_k"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert len({r["train_key"] for r in rows}) == 5 and len({r["caption_key"] for r in rows}) == 5
+    for r in rows:
+        expect = fake_metrics(cfg_of(sets, f"model.top_k={r['model.top_k']}"))
+        for m, v in expect.items():
+            assert float(r[m]) == pytest.approx(v)
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a rerun reuses every point
+    before = records(root)
+    chain.run_sweep("demo", sets, ["model.top_k=1,2,3,4,5"], progress=False, echo=None)
+    assert ran_between(before, records(root)) == []
+
+
+def test_sweep_2d_grid_and_cli(fakes, sets):
+    from stages.cli import app
+
+    res = CliRunner().invoke(app, ["sweep", "--preset", "demo", "--no-progress", *sum((["--set", s] for s in sets), []),
+                                   "model.top_k=1,2", "caption.beam_size=1,3", "--name", "kb"])
+    assert res.exit_code == 0, res.output
+    out = cfg_of(sets).cache_dir / "sweeps" / "kb"
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model.top_k"], r["caption.beam_size"]) for r in rows] == [("1", "1"), ("1", "3"), ("2", "1"), ("2", "3")]
+    # decoding values share the training of their K
+    assert rows[0]["train_key"] == rows[1]["train_key"] != rows[2]["train_key"] == rows[3]["train_key"]
+    assert (out / "sweep.png").is_file() and "sweep point 4/4" in res.output
+    # a bad value stops before anything runs
+    before = records(Path(cfg_of(sets).data.cache_root))
+    res = CliRunner().invoke(app, ["sweep", "--preset", "demo", *sum((["--set", s] for s in sets), []),
+                                   "model.top_k=6,x"])
+    assert res.exit_code == 2 and "model.top_k" in res.output
+    assert records(Path(cfg_of(sets).data.cache_root)) == before
+
+
+# ---- compare -------------------------------------------------------------------------------------
+
+def test_compare_shows_metrics_and_only_the_differing_fields(baseline, sets):
+    from stages.cli import app
+
+    other = chain.run_chain(cfg_of(sets, "model.top_k=4", "train.seed=7"), progress=False, echo=None)
+    cache = cfg_of(sets).cache_dir
+    a, b = baseline.out_dir("train"), other.out_dir("train")
+    res = CliRunner().invoke(app, ["compare", str(a), b.name[:8], "--cache", str(cache), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["differing"] == ["model.top_k", "train.seed"]
+    assert data["runs"][0]["metrics"] == pytest.approx(fake_metrics(cfg_of(sets)))
+    assert data["runs"][1]["metrics"]["CIDEr"] == pytest.approx(fake_metrics(cfg_of(sets, "model.top_k=4"))["CIDEr"])
+    assert data["runs"][1]["fields"] == {"model.top_k": 4, "train.seed": 7}
+    res = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert res.exit_code == 0 and "model.top_k" in res.output and "CIDEr" in res.output
+    res = CliRunner().invoke(app, ["compare", "zzzz", "--cache", str(cache)])
+    assert res.exit_code == 2 and "no run folder" in res.output
+
+
+def test_compare_picks_the_latest_scores_of_a_run(baseline, sets):
+    from pipeline.compare import load_view
+
+    later = chain.run_chain(cfg_of(sets, "caption.beam_size=3"), progress=False, echo=None)
+    view = load_view(baseline.out_dir("train"))
+    assert view.score_dir == later.out_dir("score")
+    assert view.metrics["CIDEr"] == pytest.approx(fake_metrics(cfg_of(sets, "caption.beam_size=3"))["CIDEr"])
+    pinned = load_view(baseline.out_dir("caption"))
+    assert pinned.score_dir == baseline.out_dir("score")
