@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Config, load_config, preset_names
+from pipeline.config import Config, canonical_json, load_config, preset_names
 from pipeline.datasets import SPLITS, VIDEO_EXTS
 from pipeline.errors import AnnotationError, MissingVideosError, UserError
 from pipeline.records import atomic_write_text
@@ -197,12 +197,17 @@ def _data_config(cfg: Config) -> Config:
 def ensure_manifest(cfg: Config) -> str:
     """Build `cfg.manifest_path` (generating the demo dataset first when asked for and absent), write it
     only when its content changed, save the data config beside it, and return the sha256 of its bytes."""
-    if cfg.data.format == "demo" and not demo_annotations(cfg).exists():
+    if cfg.data.format == "demo":
         from pipeline.demo_data import generate
 
-        log.warning("demo dataset not found under %s: generating %d clips (seed %d)",
-                    cfg.data.root, cfg.data.demo_clips, cfg.data.demo_seed)
-        generate(Path(cfg.data.root), n_clips=cfg.data.demo_clips, seed=cfg.data.demo_seed)
+        missing = not demo_annotations(cfg).exists()
+        if missing:
+            log.warning("demo dataset not found under %s: generating %d clips (seed %d)",
+                        cfg.data.root, cfg.data.demo_clips, cfg.data.demo_seed)
+        if missing or (Path(cfg.data.root) / "demo.json").exists():
+            # a generator-made folder: returns at once when it holds this seed and clip count,
+            # regenerates when data.demo_clips or data.demo_seed changed
+            generate(Path(cfg.data.root), n_clips=cfg.data.demo_clips, seed=cfg.data.demo_seed)
 
     notes: list[str] = []
     clips = build_manifest(cfg, notes)  # validates everything before anything is written
@@ -217,4 +222,21 @@ def ensure_manifest(cfg: Config) -> str:
     cfg_path = cfg.cache_dir / "config.yaml"
     if not (cfg_path.is_file() and cfg_path.read_text() == saved):
         atomic_write_text(cfg_path, saved)  # the text pipeline.config.save_config writes, but atomic
-    return hashlib.sha256(data).hexdigest()
+    return content_hash(clips, Path(cfg.data.root))
+
+
+def content_hash(clips: list[Clip], root: Path) -> str:
+    """The manifest's identity for stage keys: every clip's id, captions, emotion and split, its video
+    path relative to the dataset root (so moving the dataset or the repo keeps the keys) and the video
+    file's size (so re-encoded videos under the same names never reuse stale features)."""
+    root = Path(root).resolve()
+    rows = []
+    for c in clips:
+        video = Path(c.video)
+        try:
+            rel = str(video.resolve().relative_to(root))
+        except ValueError:
+            rel = str(video)
+        size = video.stat().st_size if video.is_file() else -1
+        rows.append({**c.to_dict(), "video": rel, "video_bytes": size})
+    return hashlib.sha256(canonical_json(rows).encode()).hexdigest()

@@ -12,7 +12,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import AnnotationError, MissingVideosError, UserError
 from pipeline.manifest import (
-    Clip, build_manifest, carve_val, ensure_manifest, manifest_text, read_manifest, val_rank, write_manifest,
+    Clip, build_manifest, carve_val, content_hash, ensure_manifest, manifest_text, read_manifest, val_rank, write_manifest,
 )
 from tests.pipeline.datasets.conftest import touch_videos, write
 
@@ -157,10 +157,10 @@ def test_unknown_format_and_no_clips(demo_cfg, tmp_path):
 
 # ---- ensure_manifest ------------------------------------------------------------------------------
 
-def test_ensure_manifest_writes_once_and_returns_file_hash(demo_cfg):
+def test_ensure_manifest_writes_once_and_returns_content_hash(demo_cfg):
     digest = ensure_manifest(demo_cfg)
     path = demo_cfg.manifest_path
-    assert digest == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == content_hash(read_manifest(path), Path(demo_cfg.data.root))
     mtime = path.stat().st_mtime_ns
     cfg_mtime = (demo_cfg.cache_dir / "config.yaml").stat().st_mtime_ns
     assert ensure_manifest(demo_cfg) == digest
@@ -172,6 +172,19 @@ def test_ensure_manifest_writes_once_and_returns_file_hash(demo_cfg):
     assert "thing three." in path.read_text()
 
 
+def test_content_hash_survives_a_moved_dataset_but_not_reencoded_videos(demo_cfg, tmp_path):
+    import shutil
+
+    digest = ensure_manifest(demo_cfg)
+    moved = tmp_path / "moved"
+    shutil.copytree(demo_cfg.data.root, moved)
+    demo_cfg.data.root = str(moved)
+    assert ensure_manifest(demo_cfg) == digest  # same clips, same bytes, other place: same key
+    video = next((moved / "videos").glob("*.mp4"))
+    video.write_bytes(video.read_bytes() + b"re-encoded")
+    assert ensure_manifest(demo_cfg) != digest  # same name, other file: never the stale key
+
+
 def test_ensure_manifest_writes_nothing_for_bad_annotations(demo_cfg):
     ann = Path(demo_cfg.data.root) / "annotations.jsonl"
     ann.write_text(ann.read_text() + '{"id": "x", "video": "x.mp4", "captions": ["x"], "split": "train", "emotion": "joy"}\n')
@@ -181,12 +194,13 @@ def test_ensure_manifest_writes_nothing_for_bad_annotations(demo_cfg):
 
 
 def test_ensure_manifest_keeps_old_manifest_when_annotations_break(demo_cfg):
-    digest = ensure_manifest(demo_cfg)
+    ensure_manifest(demo_cfg)
+    before = demo_cfg.manifest_path.read_bytes()
     ann = Path(demo_cfg.data.root) / "annotations.jsonl"
     ann.write_text(ann.read_text() + "{broken\n")
     with pytest.raises(AnnotationError, match=":11: not valid JSON"):
         ensure_manifest(demo_cfg)
-    assert hashlib.sha256(demo_cfg.manifest_path.read_bytes()).hexdigest() == digest
+    assert demo_cfg.manifest_path.read_bytes() == before
 
 
 def test_ensure_manifest_generates_demo_data_when_absent(tmp_path, monkeypatch):
