@@ -1,21 +1,186 @@
 """Score captions with pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr) and emotion accuracy.
 
-Output: .../captions/<caption-key>/scores/<score-key>/{scores.json, per_clip.csv, stage.json}.
+Output: .../captions/<caption-key>/scores/<score-key>/
+    scores.json   {"metrics": {Bleu_1..4, METEOR, ROUGE_L, CIDEr, emotion_acc}, "clips", "emotion_clips", "notes"}
+    per_clip.csv  clip, emotion true/predicted, caption, references, per-clip BLEU-4 / METEOR / ROUGE-L / CIDEr
+                  (sorted by CIDEr, worst first: the error-analysis view)
+    config.yaml, stage.json
+
+Java: pycocoevalcap's PTB tokenizer and METEOR are Java programs. Without `java` on PATH the stage stops
+up front with the install hint; `score.meteor=false` skips METEOR but cannot skip the tokenizer.
+Reads only captions.json + references.json of its caption output, so in-domain and cross-dataset
+scoring are the same code (`score_into`).
 """
 from __future__ import annotations
 
-from pipeline.config import Config, section_slice
-from stages._common import CacheOpt, PresetOpt, SetOpt, resolve_config, user_errors
+import contextlib
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import UserError
+from pipeline.records import StageRecord, atomic_write_text, read_record, write_record
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 VERSION = "1"
 """Bump with the scorer (tokenisation, metric set)."""
+
+SCORES_FILE = "scores.json"
+PER_CLIP_FILE = "per_clip.csv"
 
 
 def config_slice(cfg: Config) -> dict:
     return section_slice(cfg.score)
 
 
+def _load_json(path: Path):
+    if not path.is_file():
+        raise UserError(f"{path}: missing; rerun `ecpa caption`")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e}); rerun `ecpa caption --force`") from None
+
+
+def read_caption_output(caption_dir: Path) -> tuple[list[dict], dict]:
+    """(captions.json entries, references.json) of a caption output, checked for the fields scoring uses."""
+    from stages.caption import CAPTIONS_FILE, REFERENCES_FILE
+
+    caption_dir = Path(caption_dir)
+    results = _load_json(caption_dir / CAPTIONS_FILE)
+    refs = _load_json(caption_dir / REFERENCES_FILE)
+    if not isinstance(results, list) or any(not isinstance(r, dict) or not {"image_id", "caption"} <= r.keys()
+                                            for r in results):
+        raise UserError(f"{caption_dir / CAPTIONS_FILE}: expected a COCO results list of "
+                        "{{image_id, caption}} objects; rerun `ecpa caption --force`")
+    if not isinstance(refs, dict) or not {"images", "annotations"} <= refs.keys():
+        raise UserError(f"{caption_dir / REFERENCES_FILE}: expected COCO {{images, annotations}}; "
+                        "rerun `ecpa caption --force`")
+    return results, refs
+
+
+def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True) -> dict:
+    """Score the caption output in `caption_dir` into `out_dir` (scores.json, per_clip.csv). Returns the
+    record parts (timings, counts, extra)."""
+    from pipeline.scoring import ALL_METRICS, score_captions_per_clip
+
+    t0 = time.perf_counter()
+    results, refs = read_caption_output(caption_dir)
+    gts: dict[str, list[str]] = {}
+    for a in refs["annotations"]:
+        gts.setdefault(str(a["image_id"]), []).append(a["caption"])
+    res = {str(r["image_id"]): r["caption"] for r in results}
+    true = {str(im["id"]): im.get("emotion") for im in refs["images"]}
+
+    with console.status("scoring (PTB tokenizer, BLEU, ROUGE-L, CIDEr" + (", METEOR" if scfg.meteor else "") + ")",
+                        spinner="dots") if progress else contextlib.nullcontext():
+        corpus, per_clip = score_captions_per_clip(gts, res, metrics=ALL_METRICS, meteor=scfg.meteor)
+
+    # emotion accuracy by class NAME (a cross-dataset run predicts its own classes)
+    pred = {str(r["image_id"]): r.get("emotion") for r in results}
+    known = [k for k, t in true.items() if t is not None and k in pred]
+    notes = []
+    emotion_acc = None
+    if known:
+        emotion_acc = sum(pred[k] == true[k] for k in known) / len(known)
+    elif any(r.get("emotion") is not None for r in results):
+        notes.append("no clip of this split carries an emotion label: emotion accuracy is not reported")
+    if not scfg.meteor:
+        notes.append("METEOR skipped (score.meteor=false)")
+    metrics = dict(corpus)
+    metrics["emotion_acc"] = emotion_acc
+
+    out_dir = Path(out_dir)
+    payload = {"metrics": metrics, "clips": len(res), "emotion_clips": len(known), "notes": notes,
+               "caption_dir": str(caption_dir)}
+    atomic_write_text(out_dir / SCORES_FILE, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out_dir / PER_CLIP_FILE, per_clip_csv(res, gts, true, pred, per_clip))
+    return {
+        "timings": {"score_s": round(time.perf_counter() - t0, 3)},
+        "counts": {"clips": len(res), "references": sum(len(v) for v in gts.values()), "emotion_clips": len(known)},
+        "extra": {"metrics": metrics, "notes": notes, "caption_dir": str(caption_dir)},
+    }
+
+
+def per_clip_csv(res: dict, gts: dict, true: dict, pred: dict, per_clip: dict) -> str:
+    """The error-analysis table: one row per clip, worst CIDEr first."""
+    cols = ["clip", "emotion_true", "emotion_pred", "emotion_correct", "caption", "references",
+            "Bleu_4", "METEOR", "ROUGE_L", "CIDEr"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(cols)
+    order = sorted(res, key=lambda k: (per_clip[k].get("CIDEr", 0.0), k))
+    for k in order:
+        t, p = true.get(k), pred.get(k)
+        s = per_clip[k]
+        w.writerow([k, t or "", p or "", "" if t is None or p is None else int(t == p), res[k],
+                    " | ".join(gts[k])] + [f"{s[m]:.4f}" if m in s else "" for m in cols[6:]])
+    return buf.getvalue()
+
+
+def run(cfg: Config, *, force: bool = False, progress: bool = True) -> dict:
+    """Score the caption output `cfg` plans, unless a fresh score output for the same key exists."""
+    from stages._common import JAVA_HINT, java_available
+    from stages.plan import plan
+
+    plans = plan(cfg, upto="score")
+    p, ca = plans["score"], plans["caption"]
+    if p.status() == "fresh" and not force:
+        return read_record(p.out_dir)
+    if ca.status() != "fresh":
+        raise UserError(f"the captions for this config are {ca.status()} ({ca.out_dir}); run `ecpa caption` "
+                        "(or `ecpa run --upto caption`) with the same preset/--set first")
+    if not java_available():  # checked before anything is written
+        raise UserError("scoring needs Java (the PTB tokenizer even with score.meteor=false; METEOR too). "
+                        + JAVA_HINT)
+    return score_stage(p, ca.out_dir, cfg, progress=progress)
+
+
+def score_stage(p, caption_dir: Path, cfg: Config, *, progress: bool = True) -> dict:
+    """Compute the score output of plan `p` (shared with the cross/zero-shot protocols)."""
+    (p.out_dir / "stage.json").unlink(missing_ok=True)
+    p.out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, p.out_dir / "config.yaml")
+    parts = score_into(p.out_dir, caption_dir, cfg.score, progress=progress)
+    rec = StageRecord(stage="score", key=p.key, version=VERSION, config=p.config, parents=p.parents, **parts)
+    write_record(p.out_dir, rec)
+    return rec.to_dict()
+
+
+def print_scores(rec: dict, out_dir: Path, title: str = "scores") -> None:
+    """The small summary table: the paper's four metrics (x100, as papers print them), BLEU-1..3, emotion acc."""
+    from rich.table import Table
+
+    metrics = rec.get("extra", {}).get("metrics", {})
+    t = Table(title=f"{title} ({rec.get('counts', {}).get('clips')} clips)", title_justify="left")
+    t.add_column("metric")
+    t.add_column("x100", justify="right")
+    for m in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "emotion_acc"):
+        if m in metrics:
+            v = metrics[m]
+            t.add_row(m, "n/a" if v is None else f"{100 * v:.2f}")
+    console.print(t)
+    for note in rec.get("extra", {}).get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    console.print(f"scores: {Path(out_dir) / SCORES_FILE}; per clip: {Path(out_dir) / PER_CLIP_FILE}", highlight=False)
+
+
 @user_errors
-def command(preset: PresetOpt = None, set: SetOpt = None, cache: CacheOpt = None) -> None:
-    raise UserError("this stage is not built yet (issue 5)")
+def command(
+    preset: PresetOpt = None,
+    set: SetOpt = None,
+    cache: CacheOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Score again even when a fresh output exists.")] = False,
+) -> None:
+    """Score the captions this config decodes: BLEU-1..4, METEOR, ROUGE-L, CIDEr, emotion accuracy."""
+    from stages.plan import plan
+
+    cfg = resolve_config(preset, set, cache)
+    rec = run(cfg, force=force)
+    print_scores(rec, plan(cfg, upto="score")["score"].out_dir)
