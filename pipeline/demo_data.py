@@ -598,8 +598,6 @@ def generate(
     atomic_write_text(meta_path, json.dumps(params, indent=1, sort_keys=True) + "\n")
     text = "".join(json.dumps(_annotation(s), sort_keys=False) + "\n" for s in specs)
     atomic_write_text(ann_path, text)
-    for path in (meta_path, ann_path):
-        os.chmod(path, 0o644)  # atomic_write_text's temp file is private; the dataset is not
     return ann_path
 
 
