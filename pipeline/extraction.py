@@ -187,11 +187,15 @@ def extract_into_store(
     *,
     workers: int | None = None,
     on_clip: Callable[[str, int], None] | None = None,
+    on_failure: Callable[[Failed], None] | None = None,
+    result: ExtractResult | None = None,
 ) -> ExtractResult:
     """Prepare, forward and write `tasks` into the open store group `g`. `on_clip(kind, n)` is called
-    with kind 'done' or 'failed' after each clip (progress bars)."""
+    with kind 'done' or 'failed' after each clip (progress bars), `on_failure(f)` with each failure as
+    it happens (errors.jsonl is appended at once, so even a killed run keeps its reasons). `result` is
+    filled in place when given, so a caller sees the counts of an interrupted run too."""
     workers = ex.workers if workers is None else workers
-    res = ExtractResult()
+    res = ExtractResult() if result is None else result
     t_start = time.perf_counter()
     pending: list[Prepared] = []
 
@@ -214,6 +218,8 @@ def extract_into_store(
     for item in prepared_stream(tasks, ex, workers):
         if isinstance(item, Failed):
             res.failed.append(item)
+            if on_failure:
+                on_failure(item)
             if on_clip:
                 on_clip("failed", 1)
             continue
@@ -232,7 +238,24 @@ def read_errors(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for no, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a kill mid-write: that clip is retried anyway
+            import logging
+
+            logging.getLogger(__name__).warning("%s:%d: unreadable line dropped (cut by an interruption?)", path, no)
+    return out
+
+
+def append_error(path: Path, failure: "Failed") -> None:
+    """Append one failure line at once (consolidated by `write_errors` at the end of the run)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(failure.record(), ensure_ascii=False) + "\n")
+        f.flush()
 
 
 def write_errors(path: Path, failures: Iterable[dict], done_ids: set[str]) -> list[dict]:

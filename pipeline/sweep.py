@@ -161,8 +161,9 @@ def sweep_lines(fields: list[str], points: list[SweepPoint], metric: str) -> dic
 
 
 def plot_sweep(path: Path, fields: list[str], points: list[SweepPoint], title: str = "") -> Path:
-    """The paper-style figure: one panel per metric, the first field on x, one line per value of the
-    other fields (a single line for a 1-D sweep). Non-numeric x values sit at evenly spaced ticks."""
+    """The paper-style figure: one panel per metric (x100, as the paper prints them), the first field on
+    x, one line per value of the other fields (a single line for a 1-D sweep). Non-numeric x values sit
+    at evenly spaced ticks. The CSV keeps the raw values of scores.json."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,10 +181,11 @@ def plot_sweep(path: Path, fields: list[str], points: list[SweepPoint], title: s
     x_field, other_fields = fields[0], fields[1:]
     for ax, (display, key) in zip(axes[0], panels):
         for label, xy in sweep_lines(fields, points, key).items():
-            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", linewidth=1.5, markersize=5,
+            ax.plot([x for x, _ in xy], [100 * y for _, y in xy], marker="o", linewidth=1.5, markersize=5,
                     label=label or None)
         ax.set_title(display)
         ax.set_xlabel(x_field)
+        ax.set_ylabel("x100" if ax is axes[0][0] else "")
         if not numeric_x:
             ax.set_xticks(range(len(x_ticks)), [str(x) for x in x_ticks])
         elif all(isinstance(x, int) for x in x_ticks):

@@ -75,20 +75,36 @@ def from_bert_vocab(vocab: Path | str) -> CaptionTokenizer:
 
 
 def train_wordpiece(captions: list[str], vocab_size: int) -> CaptionTokenizer:
-    """A WordPiece vocabulary (BERT normaliser and pre-tokeniser, lower case) trained on `captions`."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer (BERT normaliser and pre-tokeniser, lower case) whose vocabulary is learnt from
+    `captions`: the special tokens, every character seen (word-initial and '##' continuation, so nothing
+    is ever [UNK]), then whole words by frequency (ties alphabetical) up to `vocab_size`.
+
+    Deterministic on purpose: `tokenizers`' WordPieceTrainer breaks frequency ties in hash order, and two
+    trainings on the same captions gave different vocabularies (measured), which would make the same stage
+    key train a different model. The tokenizer itself is a `tokenizers` WordPiece model."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     if not captions:
         raise UserError("no training captions to build a vocabulary from (is the train split empty?)")
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    norm, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words: Counter = Counter()
+    for cap in captions:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(cap)))
+    chars = sorted({ch for w in words for ch in w})
+    vocab = list(SPECIALS) + chars + [f"##{ch}" for ch in chars]
+    seen = set(vocab)
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        if w not in seen:
+            vocab.append(w)
+            seen.add(w)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100))
+    tok.normalizer = norm
+    tok.pre_tokenizer = pre
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, min_frequency=1,
-                                        show_progress=False)
-    tok.train_from_iterator(captions, trainer=trainer)
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     return CaptionTokenizer(tok)
 
 

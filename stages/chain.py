@@ -263,9 +263,9 @@ def _scores_table(scores: dict[str, float], title: str = "scores") -> Table:
 
     t = Table(title=title, title_justify="left")
     t.add_column("metric")
-    t.add_column("value", justify="right")
+    t.add_column("x100", justify="right")
     for m in metric_order(scores):
-        t.add_row(m, f"{scores[m]:.4g}")
+        t.add_row(m, f"{100 * scores[m]:.2f}")
     return t
 
 
@@ -411,9 +411,9 @@ def sweep_command(
     for p in points:
         ran = "".join(s[0].upper() if p.actions.get(s) == "run" else "·" for s in STAGES)
         t.add_row(*[str(p.values[f]) for f in fields_], short(p.keys.get("train", ""))[:8], ran,
-                  *[f"{p.metrics[m]:.4g}" if m in p.metrics else "-" for m in metrics])
+                  *[f"{100 * p.metrics[m]:.2f}" if m in p.metrics else "-" for m in metrics])
     console.print(t)
-    console.print("ran: E extract, T train, C caption, S score (· reused)", highlight=False)
+    console.print("metrics x100; ran: E extract, T train, C caption, S score (· reused)", highlight=False)
     console.print(f"[green]sweep done[/]: {escape(str(out_dir / 'sweep.png'))}, {escape(str(out_dir / 'sweep.csv'))}",
                   highlight=False)
 
@@ -452,7 +452,8 @@ def compare_command(
     for m in metrics:
         vals = [v.metrics.get(m) for v in views]
         best = max((x for x in vals if x is not None), default=None)
-        t.add_row(m, *["-" if x is None else (f"[bold]{x:.4g}[/]" if x == best and len(views) > 1 else f"{x:.4g}") for x in vals])
+        t.add_row(f"{m} x100", *["-" if x is None else (f"[bold]{100 * x:.2f}[/]" if x == best and len(views) > 1
+                                                         else f"{100 * x:.2f}") for x in vals])
     t.add_section()
     flats = [v.fields() for v in views]
     for n in diff:

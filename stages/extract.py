@@ -108,8 +108,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     failed (after writing everything). `scheduler` (a dask address) or `workers_cluster` (a local dask
     cluster of that many processes) distribute the clips. `extractors` overrides the built bundle
     (tests: call-counting wrappers)."""
-    from pipeline.extraction import (ERRORS_NAME, ClipTask, ExtractResult, StoreLock, extract_into_store,
-                                     read_errors, resolve_device, write_errors)
+    from pipeline.extraction import (ERRORS_NAME, ClipTask, ExtractResult, StoreLock, append_error,
+                                     extract_into_store, read_errors, resolve_device, write_errors)
     from pipeline.manifest import read_manifest
     from pipeline.models.extractors import build_extractors
     from stages.plan import plan
@@ -161,7 +161,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                             counts["failed"] += n
                         bar.update(task, advance=n, failed=counts["failed"])
 
-                    result = extract_into_store(g, tasks, extractors, ex, device, on_clip=on_clip)
+                    extract_into_store(g, tasks, extractors, ex, device, on_clip=on_clip, result=result,
+                                       on_failure=lambda f: append_error(errors_path, f))
         finally:
             # Even when interrupted: errors.jsonl holds every known failure of a clip that is not done.
             done_now = np.asarray(g["done"][:], dtype=bool)

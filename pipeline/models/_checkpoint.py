@@ -87,7 +87,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return clean_state_dict(unwrap_state_dict(read_checkpoint(path), str(path)))
 
 
-KeyRule = tuple[str, "str | Callable[[re.Match], str]"]
+KeyRule = tuple[str, str | Callable[[re.Match], str]]
 """(regex that must match the whole key, replacement template or function of the match)."""
 
 

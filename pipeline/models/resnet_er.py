@@ -23,6 +23,10 @@ def build_resnet_er(num_classes: int, name: str = "resnet50") -> nn.Module:
     """timm `name` (resnet50 for the paper) with `num_classes` emotion logits, random weights."""
     import timm
 
+    from pipeline.errors import UserError
+
+    if not timm.is_model(name):
+        raise UserError(f"extract.er_model={name!r} is not a timm model name (the paper's is resnet50)")
     return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 

@@ -23,6 +23,10 @@ def test_wordpiece_uses_training_captions_only(tmp_path):
     assert tok.decode(tok.encode("the woman smiles", 20)) == "the woman smiles"
     # 'zebra' never appears in training captions: pieces of it fall back to [UNK] or characters not seen
     assert "zebra" not in tok.tok.get_vocab()
+    # the same captions always give the same vocabulary (the stage key promises the same model)
+    assert build_tokenizer("", list(reversed(train)), vocab_size=200).tok.get_vocab() == tok.tok.get_vocab()
+    # frequent whole words are single tokens; an unseen character makes its word [UNK]
+    assert len(tok.encode("the", 5)) == 3 and tok.encode("zebra", 5)[1] == tok.unk_id
     tok.save(tmp_path)
     again = load_tokenizer(tmp_path)
     assert again.encode("a man frowns", 10) == tok.encode("a man frowns", 10)

@@ -57,7 +57,9 @@ class Fakes:
                 raise self.fail[stage]
             p.out_dir.mkdir(parents=True, exist_ok=True)
             if stage == "score":
-                (p.out_dir / "scores.json").write_text(json.dumps(fake_metrics(cfg)))
+                # the layout stages/score.py writes; an unknown emotion accuracy is null
+                (p.out_dir / "scores.json").write_text(json.dumps(
+                    {"metrics": {**fake_metrics(cfg), "Bleu_1": None}, "clips": 3, "notes": []}))
             if stage in self.no_record:
                 return {}
             rec = StageRecord(stage=stage, key=p.key, version=p.version, config=p.config, parents=p.parents,
@@ -460,3 +462,57 @@ def test_compare_picks_the_latest_scores_of_a_run(baseline, sets):
     assert view.metrics["CIDEr"] == pytest.approx(fake_metrics(cfg_of(sets, "caption.beam_size=3"))["CIDEr"])
     pinned = load_view(baseline.out_dir("caption"))
     assert pinned.score_dir == baseline.out_dir("score")
+
+
+# ---- the real stages on the shared tiny demo -----------------------------------------------------
+# On top of `tiny_demo_trained` (extract + train done once per session): a decoding field of our own
+# makes caption + score run; METEOR (the slow Java part) is off to keep the default suite quick.
+
+REAL_EXTRA = ["caption.max_length=10", "score.meteor=false"]
+
+
+def test_real_chain_reuses_extract_and_train_and_runs_caption_and_score(tiny_demo_trained, tiny_demo_sets):
+    from stages.cli import app
+
+    sets = [*tiny_demo_sets, *REAL_EXTRA]
+    cfg = load_config("demo", sets)
+    before = {r["stage"]: r["status"] for r in chain.chain_status(cfg)}
+    assert before["extract"] == before["train"] == "fresh"
+    expected = [s for s in STAGES if before[s] != "fresh"]
+    assert expected in (["caption", "score"], [])  # [] only when the sweep test ran first
+    lines: list[str] = []
+    ran, res = run_and_see(cfg, lines)
+    assert ran == expected
+    trained = plan(tiny_demo_trained)
+    assert res.keys["train"] == trained["train"].key and res.keys["extract"] == trained["extract"].key
+    if expected:
+        assert any("caption: run" in line and "caption.max_length" in line for line in lines)
+    captions = json.loads((res.out_dir("caption") / "captions.json").read_text())
+    assert captions and all(isinstance(c["caption"], str) for c in captions)
+    assert {"Bleu_4", "ROUGE_L", "CIDEr"} <= set(res.scores) and "METEOR" not in res.scores
+    assert all(0.0 <= res.scores[m] <= 1.0 for m in ("Bleu_4", "ROUGE_L"))
+    # `ecpa run` again: everything reused, nothing rewritten, exit 0 with the summary
+    root = Path(cfg.data.cache_root)
+    snap = records(root)
+    out = CliRunner().invoke(app, ["run", "--preset", "demo", "--no-progress", *sum((["--set", s] for s in sets), [])])
+    assert out.exit_code == 0, out.output
+    assert records(root) == snap
+    assert all(f"{s}: reused" in out.output for s in STAGES) and "CIDEr" in out.output
+
+
+def test_real_sweep_over_k_two_points(tiny_demo_trained, tiny_demo_sets):
+    sets = [*tiny_demo_sets, *REAL_EXTRA]
+    out, points = chain.run_sweep("demo", sets, ["model.top_k=3,2"], progress=False, echo=None)
+    trained = plan(tiny_demo_trained)
+    k3, k2 = points
+    assert k3.values == {"model.top_k": 3} and k2.values == {"model.top_k": 2}
+    assert k3.keys["extract"] == k2.keys["extract"] == trained["extract"].key  # one shared extraction
+    assert k3.actions["extract"] == k3.actions["train"] == "reused" == k2.actions["extract"]
+    assert k3.keys["train"] == trained["train"].key and k2.actions["train"] == "run"
+    assert k2.keys["train"] != k3.keys["train"]
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model.top_k"] for r in rows] == ["3", "2"]
+    assert [r["train_key"] for r in rows] == [short(k3.keys["train"]), short(k2.keys["train"])]
+    assert all(float(r["CIDEr"]) >= 0 and r["Bleu_4"] != "" for r in rows)
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -58,6 +58,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, clips) -> None:
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_end_identical(tmp_path):
     import socket
 

@@ -114,6 +114,8 @@ def test_precision_choice():
 def test_unknown_builder_names_are_user_errors(demo_ex):
     with pytest.raises(UserError, match="extract.swin='swin3d_xl'"):
         build_extractors(dataclasses.replace(demo_ex, swin="swin3d_xl"), 7, "cpu")
+    with pytest.raises(UserError, match="extract.er_model='resnet5'"):
+        build_extractors(dataclasses.replace(demo_ex, er_model="resnet5"), 7, "cpu")
 
 
 @pytest.mark.gpu
