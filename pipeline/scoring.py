@@ -151,13 +151,30 @@ class MeteorProcess:
         # A watchdog kills the JVM when it hangs, so readline() returns and we raise instead of blocking.
         timer = threading.Timer(_METEOR_TIMEOUT_S, self.proc.kill)
         timer.start()
+        lines = []
+        for k in keys:
+            hyp = res[k].replace("|||", "").replace("  ", " ")
+            refs = [r.replace("|||", "") for r in gts[k]]
+            lines.append(" ||| ".join(("SCORE", " ||| ".join(refs), hyp)))
+        # A writer thread streams the SCORE lines while this thread reads the answers: no round trip per
+        # clip, and no deadlock when both pipes fill up.
+        write_error: list[BaseException] = []
+
+        def writer() -> None:
+            try:
+                for line in lines:
+                    self.proc.stdin.write((line + "\n").encode("utf-8"))
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError) as e:  # the JVM died; the reader reports it with its stderr
+                write_error.append(e)
+
+        feeder = threading.Thread(target=writer, daemon=True)
         try:
-            stats = []
-            for k in keys:
-                hyp = res[k].replace("|||", "").replace("  ", " ")
-                refs = [r.replace("|||", "") for r in gts[k]]
-                self._send(" ||| ".join(("SCORE", " ||| ".join(refs), hyp)))
-                stats.append(self._readline())
+            feeder.start()
+            stats = [self._readline() for _ in keys]
+            feeder.join()
+            if write_error:
+                raise RuntimeError(f"writing to METEOR failed: {write_error[0]}; {self._stderr_tail()}")
             self._send("EVAL ||| " + " ||| ".join(stats))
             per_clip = {k: float(self._readline()) for k in keys}
             corpus = float(self._readline())

@@ -13,7 +13,9 @@ reader or a resumed run trusts exactly the clips marked done.
 | er/logits    | (N, F, E)          | f32   |
 | au/feats     | (N, F_au, A, 512)  | f16   |
 | au/probs     | (N, F_au, A)       | f32   |
-| face/boxes   | (N, F, 4)          | f32   |  x0, y0, x1, y1 in crop-frame pixels; NaN where no face
+| face/boxes   | (N, F, 4)          | f32   |  x0, y0, x1, y1 of the square face crop in centre-crop pixels
+                                                 (may reach outside [0, crop]: crops come from the full frame);
+                                                 NaN only for clips that are not done
 """
 from __future__ import annotations
 

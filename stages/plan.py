@@ -37,11 +37,27 @@ def run_dir(cfg: Config, key: str) -> Path:
     return cfg.cache_dir / "runs" / short(key)
 
 
+def videos_hash(cfg: Config) -> str:
+    """The part of the manifest stage one depends on: each clip's id and video file (relative path and
+    size, as `pipeline.manifest.content_hash` identifies it), not its captions, emotion or split."""
+    import dataclasses
+
+    from pipeline.manifest import content_hash, read_manifest
+
+    clips = [
+        dataclasses.replace(c, captions=[], emotion=None, emotion_index=-1, split="")
+        for c in read_manifest(cfg.manifest_path)
+    ]
+    return content_hash(clips, Path(cfg.data.root))
+
+
 def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
     """Keys and folders of the chain for `cfg`, in order, up to and including stage `upto`.
 
-    The manifest is (re)built first when its inputs changed: its content hash is the root of the
-    extract key."""
+    The manifest is (re)built first when its inputs changed. Stage one reads only the videos, so the
+    extract key hashes the clips' ids and video files (`videos_hash`); the whole manifest's hash
+    (captions, emotions, splits) enters at train and score, so a caption fix or another
+    data.val_fraction retrains but never re-extracts."""
     from stages import caption, extract, score, train
     from pipeline.manifest import ensure_manifest
 
@@ -51,14 +67,14 @@ def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
 
     manifest_hash = ensure_manifest(cfg)
     ex_slice = extract.config_slice(cfg)
-    ex_parents = {"manifest": manifest_hash}
+    ex_parents = {"videos": videos_hash(cfg)}
     ex_key = stage_key("extract", extract.VERSION, ex_slice, ex_parents)
     out["extract"] = StagePlan("extract", ex_key, extract_dir(cfg, ex_key), extract.VERSION, ex_slice, ex_parents)
     if stop < 1:
         return out
 
     tr_slice = train.config_slice(cfg)
-    tr_parents = {"extract": ex_key}
+    tr_parents = {"extract": ex_key, "manifest": manifest_hash}
     tr_key = stage_key("train", train.VERSION, tr_slice, tr_parents)
     tr_dir = run_dir(cfg, tr_key)
     out["train"] = StagePlan("train", tr_key, tr_dir, train.VERSION, tr_slice, tr_parents)

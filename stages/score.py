@@ -31,6 +31,9 @@ from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config,
 VERSION = "1"
 """Bump with the scorer (tokenisation, metric set)."""
 
+NO_EMOTION_NOTE = ("no clip of the captioned split carries an emotion label: emotion accuracy is not reported "
+                   "(the predicted emotion is still written per clip)")
+
 SCORES_FILE = "scores.json"
 PER_CLIP_FILE = "per_clip.csv"
 
@@ -90,7 +93,7 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True)
     if known:
         emotion_acc = sum(pred[k] == true[k] for k in known) / len(known)
     elif any(r.get("emotion") is not None for r in results):
-        notes.append("no clip of this split carries an emotion label: emotion accuracy is not reported")
+        notes.append(NO_EMOTION_NOTE)
     if not scfg.meteor:
         notes.append("METEOR skipped (score.meteor=false)")
     metrics = dict(corpus)
@@ -153,7 +156,7 @@ def score_stage(p, caption_dir: Path, cfg: Config, *, progress: bool = True) -> 
     return rec.to_dict()
 
 
-def print_scores(rec: dict, out_dir: Path, title: str = "scores") -> None:
+def print_scores(rec: dict, out_dir: Path, title: str = "scores", skip_notes: list[str] = ()) -> None:
     """The small summary table: the paper's four metrics (x100, as papers print them), BLEU-1..3, emotion acc."""
     from rich.table import Table
 
@@ -167,7 +170,8 @@ def print_scores(rec: dict, out_dir: Path, title: str = "scores") -> None:
             t.add_row(m, "n/a" if v is None else f"{100 * v:.2f}")
     console.print(t)
     for note in rec.get("extra", {}).get("notes", []):
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        if note not in skip_notes:  # said once: the protocols print their own notes first
+            console.print(f"[yellow]note:[/] {note}", highlight=False)
     console.print(f"scores: {Path(out_dir) / SCORES_FILE}; per clip: {Path(out_dir) / PER_CLIP_FILE}", highlight=False)
 
 

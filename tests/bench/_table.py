@@ -206,13 +206,13 @@ class Results:
         return {"date": self.date, "command": self.command, "machine": self.machine,
                 "rows": [r.as_dict() for r in self.rows], "benchmarks": self.benchmarks}
 
-    def write(self, out_dir: Path) -> tuple[Path, Path]:
-        """bench/results.md and bench/results.json, each written to a temp name then renamed."""
+    def write(self, out_dir: Path, stem: str = "results") -> tuple[Path, Path]:
+        """<out_dir>/<stem>.md and .json (bench/results.*), each written to a temp name then renamed."""
         from pipeline.records import atomic_write_text
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        md, js = out_dir / "results.md", out_dir / "results.json"
+        md, js = out_dir / f"{stem}.md", out_dir / f"{stem}.json"
         atomic_write_text(md, self.markdown())
         atomic_write_text(js, json.dumps(self.as_json(), indent=2, default=_json_default) + "\n")
         return md, js

@@ -45,13 +45,13 @@ def kill_sequence(ref, seed: int, kills: int, name: str) -> dict:
         n_before = 0 if before is None else int(before.sum())
         log = logs / f"run{k}.log"
         child = spawn(extract_command(demo, cache), out=logs / f"run{k}.out", log=log)
-        if rng.random() < 0.3 or n_before >= FAULT_CLIPS - 1:
+        if rng.random() < 0.2 or n_before >= FAULT_CLIPS - 1:
             delay = float(rng.uniform(0.5, 6.0))  # somewhere in start-up, or early in the loop
             wait_for(lambda: child.poll() is not None, timeout=delay)
             moments.append(f"t+{delay:.1f}s")
         else:
             target = int(rng.integers(0, FAULT_CLIPS - n_before))
-            extra = float(rng.uniform(0.0, 0.5))
+            extra = float(rng.uniform(0.0, 1.0))
             wait_for(lambda: child.poll() is not None or len(read_log(log).finished) >= target, timeout=300)
             time.sleep(extra)
             moments.append(f"{target}clips+{extra:.2f}s")

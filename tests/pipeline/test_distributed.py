@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 
 from pipeline.distributed import shard
@@ -19,6 +20,7 @@ def test_shard_contiguous_and_complete():
     assert len(shard(tasks[:2], 8)) == 2
 
 
+@pytest.mark.slow  # ~60 s on 2 shared cores: two dask worker processes each import torch and build the extractors
 def test_local_cluster_equals_single_process(tiny_demo_extracted, tmp_path):
     videos = demo_videos(tiny_demo_extracted)[:3]
     one = mini_config(tmp_path / "one", videos, bad={"zz_bad": "text"})

@@ -1,25 +1,23 @@
 """The chain (`ecpa run/status/sweep/compare`): which stages run for which change.
 
 Most tests replace the four stage `run` functions by fakes that follow the stage contract (plan ->
-fresh? -> parents fresh? -> write stage.json via pipeline.records) and the manifest by a hash of
-the data section, so every rule is checked exactly and fast. Which stages ran is read from the
+fresh? -> parents fresh? -> write stage.json via pipeline.records), on the real manifest of a small
+generated demo dataset (8 clips), so every rule is checked exactly and fast. Which stages ran is read from the
 stage records on disk (new or rewritten stage.json files), not from the chain's own report.
 The last tests drive the real stages on the shared tiny demo.
 """
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-import sys
-import types
+import shutil
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.config import SECTIONS, canonical_json, load_config, section_slice
+from pipeline.config import SECTIONS, load_config
 from pipeline.errors import UserError
 from pipeline.records import StageRecord, read_record, short, write_record
 from stages import chain
@@ -70,25 +68,34 @@ class Fakes:
         return run
 
 
-def fake_ensure_manifest(cfg) -> str:
-    """The manifest's content hash, stood in by the keyed data fields (clips, seed, split...)."""
-    return hashlib.sha256(canonical_json(section_slice(cfg.data)).encode()).hexdigest()
-
-
 @pytest.fixture
 def fakes(monkeypatch):
     f = Fakes()
     for stage in STAGES:
         monkeypatch.setattr(f"stages.{stage}.run", f.make(stage), raising=False)
-    mod = types.ModuleType("pipeline.manifest")
-    mod.ensure_manifest = fake_ensure_manifest
-    monkeypatch.setitem(sys.modules, "pipeline.manifest", mod)
     return f
 
 
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    """A small demo dataset shared by this module's tests (read-only; each test has its own cache)."""
+    from pipeline.demo_data import generate
+
+    root = tmp_path_factory.mktemp("chain_demo_data")
+    generate(root, n_clips=8, seed=0)
+    return root
+
+
 @pytest.fixture
-def sets(tmp_path) -> list[str]:
-    return [f"data.root={tmp_path / 'data'}", f"data.cache_root={tmp_path / 'cache'}"]
+def sets(tmp_path, demo_root) -> list[str]:
+    return [f"data.root={demo_root}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}"]
+
+
+@pytest.fixture
+def own_data_sets(tmp_path, demo_root) -> list[str]:
+    """Like `sets`, on a private copy of the dataset that a test may edit."""
+    shutil.copytree(demo_root, tmp_path / "data")
+    return [f"data.root={tmp_path / 'data'}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}"]
 
 
 def cfg_of(sets, *more):
@@ -193,11 +200,30 @@ def test_frame_sampling_and_extractors_rerun_everything(baseline, sets, change):
     assert any("train: run" in line and "upstream changed: extract key" in line for line in lines)
 
 
-def test_dataset_change_reruns_everything_through_the_manifest(baseline, sets):
+def test_other_videos_rerun_everything(fakes, own_data_sets):
+    assert run_and_see(cfg_of(own_data_sets))[0] == STAGES
     lines: list[str] = []
-    ran, _ = run_and_see(cfg_of(sets, "data.demo_clips=30"), lines)
+    ran, _ = run_and_see(cfg_of(own_data_sets, "data.demo_clips=9"), lines)  # the generator adds a clip
     assert ran == STAGES
-    assert any("extract: run" in line and "upstream changed: manifest key" in line for line in lines)
+    assert any("extract: run" in line and "upstream changed: videos key" in line for line in lines)
+
+
+def test_caption_and_split_changes_retrain_but_never_reextract(fakes, own_data_sets, tmp_path):
+    assert run_and_see(cfg_of(own_data_sets))[0] == STAGES
+    lines: list[str] = []
+    ran, _ = run_and_see(cfg_of(own_data_sets, "data.val_fraction=0.3"), lines)
+    assert ran == ["train", "caption", "score"]
+    train_line = next(line for line in lines if "train: run" in line)
+    assert "data.val_fraction 0.1 -> 0.3" in train_line and "upstream changed: manifest key" in train_line
+    # a corrected reference caption
+    ann = tmp_path / "data" / "annotations.jsonl"
+    rows = [json.loads(line) for line in ann.read_text().splitlines()]
+    rows[0]["captions"][0] = rows[0]["captions"][0].replace("a ", "one ", 1)
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines.clear()
+    ran, _ = run_and_see(cfg_of(own_data_sets), lines)
+    assert ran == ["train", "caption", "score"]
+    assert any("train: run" in line and line.rstrip(")").endswith("upstream changed: manifest key") for line in lines)
 
 
 def _weights(dir_: Path, swin: bytes = b"swin-v1") -> list[str]:
@@ -263,8 +289,8 @@ def test_every_knob_is_unkeyed_and_every_keyed_stage_field_is_keyed(fakes, sets)
     path_fields = {"weights_dir", "er_weights", "au_weights", "swin_weights"}
     for section in SECTIONS:
         for f in fields(getattr(cfg_of(sets), section)):
-            if section == "data" and f.name in ("root", "cache_root"):
-                continue  # where things are, not what they hold
+            if section == "data" and (f.name == "cache_root" or f.metadata.get("keyed", True)):
+                continue  # keyed data fields act through the manifest (tests above); cache_root is where
             cfg = cfg_of(sets)
             setattr(getattr(cfg, section), f.name, _perturbed(getattr(getattr(cfg, section), f.name)))
             keys = {s: p.key for s, p in plan(cfg).items()}

@@ -1,0 +1,346 @@
+"""`make bench`: run every benchmark of the project, side by side in one run, and write one table.
+
+    .venv/bin/python -m tests.bench [--only loader,store] [--skip train_mafw] [--budget 570] [--out bench]
+
+Each benchmark module (tests/bench/bench_*.py, `main(argv) -> dict`) runs in its own child process (so a
+crash, an out-of-memory kill or a hang is caught, and `ru_maxrss` peaks are the benchmark's own), with modest
+sizes so that the whole run fits about ten minutes on 2 CPU cores. Its returned dict is turned into table rows:
+figure, baseline measured in the same child, ratio (times better than baseline), target, holds. A benchmark
+that fails, times out, is missing, or returns a dict without the expected keys becomes an error row: never
+silently dropped. Writes bench/results.md and bench/results.json (bench/ is git-ignored) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tests.bench._table import IS_TRUE, REPORT, Results, Row, at_least, error_row, machine_info, under, within
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class MissingKey(KeyError):
+    pass
+
+
+def need(d: dict, *path: str):
+    """d[path[0]][path[1]]...; a missing key raises MissingKey naming the keys that are there."""
+    cur = d
+    for i, k in enumerate(path):
+        if not isinstance(cur, dict) or k not in cur:
+            have = sorted(cur) if isinstance(cur, dict) else type(cur).__name__
+            raise MissingKey(f"result has no {'/'.join(path[: i + 1])!r} (has: {have})")
+        cur = cur[k]
+    return cur
+
+
+# ------------------------------------------------------------------------------------------- row mappers
+def rows_store(r: dict) -> list[Row]:
+    lay = need(r, "layouts")
+    z = need(lay, "zarr")
+
+    def desc(name: str, x: dict) -> str:
+        return f"{name}: {x['files']} files, {x['disk_mb']:.0f} MB on disk, write {x['write_s']:.1f} s + fsync {x['fsync_s']:.1f} s"
+
+    size = f"{r['clips']} MAFW-shaped clips ({r['data_mb']:.0f} MB)" if r.get("shapes", {}).get("tokens") == 784 \
+        else f"{r['clips']} clips ({r['data_mb']:.0f} MB)"
+    rows = []
+    for temp, key in (("cold-ish", "read_cold_mb_s"), ("warm", "read_warm_mb_s")):
+        for other, label in (("npy", "one .npy per clip and array"), ("hdf5", "one HDF5 file, chunk = clip")):
+            o = need(lay, other)
+            rows.append(Row(what=f"Zarr store read MB/s, {temp}, every clip once in random order, {size}; vs {label}",
+                            figure=need(z, key), unit="MB/s", higher_is_better=True, baseline=need(o, key),
+                            baseline_what=desc(other, o) if temp == "cold-ish" else other,
+                            detail=desc("zarr blosc-lz4", z) if temp == "cold-ish" else "", target=REPORT,
+                            bench="bench_store"))
+    if "zarr_raw" in lay:
+        zr = lay["zarr_raw"]
+        rows.append(Row(what="Zarr store read MB/s, cold-ish: blosc-lz4 (as shipped) vs no compressor (diagnostic)",
+                        figure=need(z, "read_cold_mb_s"), unit="MB/s", higher_is_better=True,
+                        baseline=need(zr, "read_cold_mb_s"), baseline_what=desc("zarr raw", zr), target=REPORT,
+                        bench="bench_store"))
+    return rows
+
+
+def rows_loader(r: dict) -> list[Row]:
+    ms = need(r, "ms_per_batch")
+    base = need(ms, "memory")
+    shape = f"MAFW shapes, batch {r['batch']} ({r['batch_mb']:.0f} MB)"
+    bw = "same bytes sliced from in-memory arrays"
+    rows = [
+        Row(what=f"stage-two loading, in-RAM path (store fits train.ram_cache_gb), {shape}: data time per batch",
+            figure=need(ms, "ram"), unit="ms", baseline=base, baseline_what=bw, target=within(0.10),
+            detail=f"after a one-time bulk load of {r['ram_load_s']:.1f} s", bench="bench_loader"),
+        Row(what=f"stage-two loading, streaming path (per-clip Zarr reads, 0 workers), {shape}: data time per batch",
+            figure=need(ms, "stream"), unit="ms", baseline=base, baseline_what=bw, target=within(0.10),
+            bench="bench_loader"),
+    ]
+    h = r.get("hidden")
+    if h:
+        c = need(h, "compute_ms")
+        rows.append(Row(
+            what=f"stage-two loading, streaming path with {h['workers']} DataLoader workers behind {c:.0f} ms of "
+                 f"simulated GPU compute, {shape}: step time (wait + compute)",
+            figure=need(h, "wait_ms_workers") + c, unit="ms", baseline=need(h, "wait_ms_memory") + c,
+            baseline_what="in-memory slicing, same compute", target=within(0.10),
+            detail=f"wait {h['wait_ms_workers']:.1f} ms/step", bench="bench_loader"))
+    for key, label in (("stream_handles", "array handles opened once (no group lookup per item)"),
+                       ("stream_batch", "one Zarr read per array per batch (__getitems__)")):
+        if key in ms:
+            rows.append(Row(what=f"candidate loader fix, streaming with {label}, 0 workers: data time per batch",
+                            figure=ms[key], unit="ms", baseline=base, baseline_what=bw, target=within(0.10),
+                            bench="bench_loader"))
+    return rows
+
+
+def rows_decode(r: dict) -> list[Row]:
+    what = (f"greedy decoding with the prefix cache, MAFW shapes (784 video tokens, 12 layers), "
+            f"{need(r, 'clips')} clip(s), max length {r.get('max_length')}: seconds")
+    return [
+        Row(what=what, figure=need(r, "cached_s"), unit="s", baseline=need(r, "uncached_s"),
+            baseline_what="no cache", target=at_least(5), detail=f"{r.get('tokens_generated')} tokens",
+            bench="bench_decode"),
+        Row(what="greedy decoding with the prefix cache: captions identical to the uncached ones",
+            figure=bool(need(r, "identical")), target=IS_TRUE, bench="bench_decode"),
+    ]
+
+
+def rows_train(r: dict) -> list[Row]:
+    return [Row(what=f"stage-two training step on cached tensors, {r.get('preset', '?')} preset, batch {r.get('batch')}: "
+                     "steps/s",
+                figure=need(r, "cached_steps_per_s"), unit="steps/s", higher_is_better=True,
+                baseline=need(r, "e2e_steps_per_s"), baseline_what="same model, decode + frozen Video Swin in the loop",
+                target=at_least(5), bench="bench_train")]
+
+
+_GIB = re.compile(r"([0-9.]+)\s*GiB")
+
+
+def rows_train_mafw(r: dict) -> list[Row]:
+    mem = need(r, "peak_memory")
+    m = _GIB.search(str(mem)) if not isinstance(mem, (int, float)) else None
+    gib = float(mem) if isinstance(mem, (int, float)) else float(m.group(1)) if m else None
+    if gib is None:
+        raise MissingKey(f"peak_memory {mem!r} carries no GiB figure")
+    b = need(r, "batch")
+    note = "" if b == 32 else f"batch {b}: batch 32 does not fit the 10-minute budget on this CPU"
+    return [
+        Row(what=f"peak memory of training at MAFW shapes, batch {b} ({r.get('device', '?')})", figure=gib,
+            unit="GiB", target=REPORT, detail=f"{mem}; {note}".strip("; "), bench="bench_train --mafw-shapes"),
+        Row(what=f"training steps/s at MAFW shapes, batch {b} ({r.get('device', '?')})",
+            figure=need(r, "steps_per_s"), unit="steps/s", higher_is_better=True, target=REPORT,
+            bench="bench_train --mafw-shapes"),
+    ]
+
+
+def rows_extract(r: dict) -> list[Row]:
+    shared, separate = need(r, "shared"), need(r, "separate")
+    return [Row(what=f"extraction, one decode for all three extractors, {r.get('mode', '?')} preset, "
+                     f"{r.get('clips')} clips ({r.get('device', '?')}): clips/s",
+                figure=need(shared, "clips_per_s"), unit="clips/s", higher_is_better=True,
+                baseline=need(separate, "clips_per_s"), baseline_what="one decode per extractor",
+                detail=f"decode+faces {shared.get('decode_s', 0):.1f} s, extractors {shared.get('compute_s', 0):.1f} s",
+                target=at_least(2), bench="bench_extract")]
+
+
+def rows_score(r: dict) -> list[Row]:
+    rows = [Row(what=f"scoring {need(r, 'captions')} captions, 1 reference each, all four metrics: seconds",
+                figure=need(r, "seconds"), unit="s", target=under(20, "s"), bench="bench_score",
+                baseline=r.get("baseline_seconds"),
+                baseline_what="pycocoevalcap's own pipeline" if "baseline_seconds" in r else "")]
+    if "same_numbers" in r:
+        rows.append(Row(what="scoring: same numbers as pycocoevalcap's own pipeline", figure=bool(r["same_numbers"]),
+                        target=IS_TRUE, bench="bench_score"))
+    return rows
+
+
+def rows_extract_mafw(r: dict) -> list[Row]:
+    res = need(r, "result")
+    mem = r.get("gpu_mem_gib")
+    return [Row(what=f"extraction at MAFW shapes (32x224^2, swin3d_b + ResNet50-ER + ANFL, random weights), "
+                     f"{r.get('clips')} clips ({r.get('device', '?')}): clips/s",
+                figure=need(res, "clips_per_s"), unit="clips/s", higher_is_better=True, target=REPORT,
+                detail=(f"peak GPU memory {mem:.2f} GiB; " if mem is not None else "")
+                + f"decode+faces {res.get('decode_s', 0):.1f} s, extractors {res.get('compute_s', 0):.1f} s",
+                bench="bench_extract --mafw-shapes")]
+
+
+# ------------------------------------------------------------------------------------------- registry
+@dataclass
+class Spec:
+    name: str                      # table/--only name
+    module: str                    # tests.bench.<module>
+    argv: list[str]                # modest sizes: the whole run fits ~10 minutes on 2 cores
+    rows: Callable[[dict], list[Row]]
+    timeout_s: float
+    what: str                      # the target's wording, for error rows
+    quick_argv: list[str] = field(default_factory=list)
+
+
+SPECS = [
+    Spec("store", "bench_store", ["--clips", "32"], rows_store, 90,
+         "Zarr store vs .npy per clip vs one HDF5 file: read MB/s, files", ["--clips", "16", "--small"]),
+    Spec("loader", "bench_loader", ["--clips", "96", "--rounds", "6", "--steps", "6"], rows_loader, 150,
+         "stage-two data loading from Zarr, MAFW shapes, batch 32",
+         ["--clips", "64", "--small", "--rounds", "3", "--steps", "3"]),
+    Spec("score", "bench_score", [], rows_score, 90, "scoring 1,600 captions, all four metrics"),
+    Spec("extract", "bench_extract", [], rows_extract, 150, "extraction, one decode for all three extractors"),
+    Spec("train", "bench_train", [], rows_train, 150, "stage-two training step on cached tensors"),
+    Spec("decode", "bench_decode", ["--clips", "1", "--max-length", "20"], rows_decode, 200,
+         "greedy decoding with the prefix cache, MAFW shapes"),
+    Spec("train_mafw", "bench_train", ["--mafw-shapes", "--batch", "1", "--steps", "1"], rows_train_mafw, 200,
+         "peak memory of training at MAFW shapes (CPU)"),
+]
+
+
+GPU_SPECS = [
+    Spec("extract_mafw", "bench_extract", ["--mafw-shapes", "--clips", "16", "--batch", "4"], rows_extract_mafw, 150,
+         "extraction at MAFW shapes on the GPU"),
+    Spec("train_mafw", "bench_train", ["--mafw-shapes", "--batch", "32", "--steps", "10"], rows_train_mafw, 150,
+         "training at MAFW shapes, batch 32, on the GPU (bf16)"),
+    Spec("decode", "bench_decode", ["--device", "cuda", "--clips", "32", "--max-length", "20"], rows_decode, 120,
+         "greedy decoding with the prefix cache, MAFW shapes, on the GPU"),
+]
+"""`--gpu` (tests/bench/gpu_check.sh): the GPU variants at MAFW shapes, random weights."""
+
+
+# ------------------------------------------------------------------------------------------- running
+def _child(module: str, out: str, argv: list[str]) -> int:
+    """In the child process: run module.main(argv), write {"result": ...} or {"error": traceback} to `out`."""
+    try:
+        res = importlib.import_module(f"tests.bench.{module}").main(argv)
+        payload = {"result": res}
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - reported to the parent, which records it as an error row
+        traceback.print_exc()
+        payload = {"error": f"{type(e).__name__}: {e}".strip(), "traceback": traceback.format_exc()}
+        code = 1
+    from tests.bench._table import _json_default
+
+    Path(out).write_text(json.dumps(payload, default=_json_default))
+    return code
+
+
+def run_spec(spec: Spec, argv: list[str], timeout_s: float) -> tuple[dict | None, str | None, float]:
+    """(result, error, seconds) of one benchmark in a child process of its own process group."""
+    if importlib.util.find_spec(f"tests.bench.{spec.module}") is None:
+        return None, f"tests/bench/{spec.module}.py is missing (not written yet)", 0.0
+    with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "tests.bench", "--child", spec.module, str(out), "--", *argv]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)   # the child and its DataLoader workers, nothing else
+            proc.wait()
+            return None, f"timed out after {timeout_s:.0f} s (its share of the run's budget)", time.perf_counter() - t0
+        secs = time.perf_counter() - t0
+        if not out.is_file():
+            why = f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+            hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
+            return None, f"{why}{hint} before returning a result", secs
+        payload = json.loads(out.read_text())
+    if "error" in payload:
+        return None, payload["error"], secs
+    return payload["result"], None, secs
+
+
+def run_inprocess(spec: Spec, argv: list[str]) -> tuple[dict | None, str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        return importlib.import_module(f"tests.bench.{spec.module}").main(argv), None, time.perf_counter() - t0
+    except ModuleNotFoundError as e:
+        if e.name == f"tests.bench.{spec.module}":
+            return None, f"tests/bench/{spec.module}.py is missing (not written yet)", 0.0
+        raise
+    except Exception as e:  # noqa: BLE001 - recorded as an error row and printed with its traceback
+        traceback.print_exc()
+        return None, f"{type(e).__name__}: {e}", time.perf_counter() - t0
+
+
+def rows_for(spec: Spec, result: dict | None, error: str | None) -> list[Row]:
+    """The benchmark's rows, or one error row saying why there are none."""
+    if error is not None:
+        return [error_row(spec.module, spec.what, error)]
+    try:
+        rows = spec.rows(result)
+    except (MissingKey, KeyError, TypeError, ValueError) as e:
+        return [error_row(spec.module, spec.what, f"unexpected result from {spec.module}.main: {e}")]
+    for r in rows:
+        r.bench = r.bench or spec.module
+    return rows
+
+
+def main(argv: list[str] | None = None) -> Results | int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        module, out, rest = argv[1], argv[2], argv[3:]
+        return _child(module, out, rest[1:] if rest[:1] == ["--"] else rest)
+    gpu = "--gpu" in argv
+    specs = GPU_SPECS if gpu else SPECS
+    names = [s.name for s in specs]
+    ap = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(names)}")
+    ap.add_argument("--skip", default="", help="comma-separated benchmarks to leave out (recorded as skipped)")
+    ap.add_argument("--budget", type=float, default=570.0, help="seconds for the whole run (default 570)")
+    ap.add_argument("--gpu", action="store_true", help="the GPU variants at MAFW shapes instead (gpu_check.sh)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes where a benchmark has them (smoke run)")
+    ap.add_argument("--inprocess", action="store_true", help="call each main() in this process (debugging)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench", help="folder for results.md / results.json")
+    args = ap.parse_args(argv)
+    only = [x for x in args.only.split(",") if x]
+    skip = [x for x in args.skip.split(",") if x]
+    unknown = sorted(set(only + skip) - set(names))
+    if unknown:
+        ap.error(f"unknown benchmarks {unknown}; choose from {names}")
+
+    machine = machine_info()
+    deadline = time.monotonic() + args.budget
+    rows: list[Row] = []
+    runs: list[dict] = []
+    for spec in specs:
+        if (only and spec.name not in only) or spec.name in skip:
+            continue
+        bargv = (spec.quick_argv or spec.argv) if args.quick else spec.argv
+        left = deadline - time.monotonic()
+        print(f"\n=== {spec.name}: python -m tests.bench.{spec.module} {' '.join(bargv)}", flush=True)
+        if left < 5:
+            result, error, secs = None, f"not run: the run's budget of {args.budget:.0f} s was spent", 0.0
+        elif args.inprocess:
+            result, error, secs = run_inprocess(spec, bargv)
+        else:
+            result, error, secs = run_spec(spec, bargv, min(spec.timeout_s, left))
+        if error:
+            print(f"=== {spec.name}: ERROR {error}", file=sys.stderr, flush=True)
+        rows += rows_for(spec, result, error)
+        runs.append({"name": spec.name, "module": spec.module, "argv": bargv, "seconds": round(secs, 2),
+                     "error": error, "result": result})
+    if hasattr(os, "getloadavg"):
+        machine["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    res = Results(rows=rows, machine=machine, benchmarks=runs,
+                  command="make bench  # .venv/bin/python -m tests.bench " + " ".join(argv))
+    md, js = res.write(args.out, stem="results_gpu" if args.gpu else "results")
+    print("\n" + res.markdown())
+    print(f"wrote {md} and {js}")
+    return res
+
+
+if __name__ == "__main__":
+    out = main()
+    # exit 1 when a benchmark could not be measured (error rows); targets that do not hold are in the table
+    sys.exit(out if isinstance(out, int) else int(any(r.error for r in out.rows)))

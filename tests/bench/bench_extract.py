@@ -1,0 +1,156 @@
+"""Benchmark stage one: one decode feeding all three extractors vs. a decode per extractor.
+
+    .venv/bin/python -m tests.bench.bench_extract [--clips 24] [--batch 8]
+    .venv/bin/python -m tests.bench.bench_extract --mafw-shapes [--clips 8]   # 32x224^2, swin3d_b, GPU if any
+
+Demo mode generates the demo dataset (a few dozen clips) into a temp dir and times, in the same run,
+(a) the runner's way: decode + faces once per clip, then Video Swin, ResNet50-ER and ANFL on the same
+frames, and (b) the naive way: each extractor decodes the clip itself (3 decodes, faces found twice).
+Both exclude the store writes. Prints clips/s of both, the ratio, and where the time goes.
+
+--mafw-shapes: the paper's shapes with random weights (resnet50, anfl_resnet50, swin3d_b) on the real
+MAFW samples (repeated to --clips), clips/s and peak GPU memory on CUDA. On a CPU keep --clips 1-2.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _time_shared(tasks, ext, ex, device) -> dict:
+    from pipeline.extraction import Failed, prepare_clip, run_extractors
+
+    t_dec = t_cmp = 0.0
+    t0 = time.perf_counter()
+    for i in range(0, len(tasks), ex.batch_size):
+        a = time.perf_counter()
+        batch = [prepare_clip(t, ex) for t in tasks[i:i + ex.batch_size]]
+        batch = [b for b in batch if not isinstance(b, Failed)]
+        b = time.perf_counter()
+        if batch:
+            run_extractors(ext, batch, ex, device)
+        _sync(device)
+        t_dec += b - a
+        t_cmp += time.perf_counter() - b
+    total = time.perf_counter() - t0
+    return {"clips_per_s": len(tasks) / total, "seconds": total, "decode_s": t_dec, "compute_s": t_cmp}
+
+
+def _time_separate(tasks, ext, ex, device) -> dict:
+    """Each extractor decodes its own copy of the clip (what three separate extraction scripts do)."""
+    import torch
+
+    from pipeline.extraction import Failed, prepare_clip
+    from pipeline.video import decode_clip, even_subset
+
+    t_dec = t_cmp = 0.0
+    t0 = time.perf_counter()
+    for i in range(0, len(tasks), ex.batch_size):
+        chunk = tasks[i:i + ex.batch_size]
+        a = time.perf_counter()
+        videos = [decode_clip(t.video, ex.num_frames, ex.size, ex.crop).frames for t in chunk]   # decode 1: Swin
+        b = time.perf_counter()
+        x = torch.from_numpy(np.stack(videos)).permute(0, 4, 1, 2, 3).float().div(255)
+        ext.video(x)
+        c = time.perf_counter()
+        prepped = [p for p in (prepare_clip(t, ex) for t in chunk) if not isinstance(p, Failed)]  # decode 2: ER
+        d = time.perf_counter()
+        faces = torch.from_numpy(np.stack([p.faces for p in prepped])).permute(0, 1, 4, 2, 3).float().div(255)
+        ext.er(faces.flatten(0, 1))
+        e = time.perf_counter()
+        prepped = [p for p in (prepare_clip(t, ex) for t in chunk) if not isinstance(p, Failed)]  # decode 3: ANFL
+        f = time.perf_counter()
+        faces = torch.from_numpy(np.stack([p.faces for p in prepped])).permute(0, 1, 4, 2, 3).float().div(255)
+        ext.au(faces[:, torch.as_tensor(even_subset(faces.shape[1], ex.au_frames))].flatten(0, 1))
+        _sync(device)
+        g = time.perf_counter()
+        t_dec += (b - a) + (d - c) + (f - e)
+        t_cmp += (c - b) + (e - d) + (g - f)
+    total = time.perf_counter() - t0
+    return {"clips_per_s": len(tasks) / total, "seconds": total, "decode_s": t_dec, "compute_s": t_cmp}
+
+
+def _sync(device) -> None:
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _demo(args) -> dict:
+    from pipeline.config import load_config
+    from pipeline.extraction import ClipTask, resolve_device
+    from pipeline.manifest import ensure_manifest, read_manifest
+    from pipeline.models.extractors import build_extractors
+
+    root = Path(args.root or tempfile.mkdtemp(prefix="ecpa_bench_"))
+    cfg = load_config("demo", [f"data.root={root / 'data'}", f"data.cache_root={root / 'cache'}",
+                               f"data.demo_clips={args.clips}", f"extract.batch_size={args.batch}", "extract.workers=0"])
+    ensure_manifest(cfg)
+    clips = read_manifest(cfg.manifest_path)[: args.clips]
+    tasks = [ClipTask(i, c.id, c.video) for i, c in enumerate(clips)]
+    device = resolve_device(cfg.extract.device)
+    ext = build_extractors(cfg.extract, len(cfg.data.emotions), device, seed=0)
+    _time_shared(tasks[: cfg.extract.batch_size], ext, cfg.extract, device)  # warm-up (allocators, decoders)
+    shared = _time_shared(tasks, ext, cfg.extract, device)
+    separate = _time_separate(tasks, ext, cfg.extract, device)
+    ratio = shared["clips_per_s"] / separate["clips_per_s"]
+    print(f"demo preset, {len(tasks)} clips, batch {cfg.extract.batch_size}, device {device}")
+    for name, r in (("decode once -> 3 extractors", shared), ("decode per extractor (3x)", separate)):
+        print(f"  {name:30s} {r['clips_per_s']:7.2f} clips/s   (decode+faces {r['decode_s']:.1f} s, "
+              f"extractors {r['compute_s']:.1f} s)")
+    print(f"  ratio: {ratio:.2f}x  (decode is {100 * shared['decode_s'] / shared['seconds']:.0f}% of the shared run)")
+    return {"mode": "demo", "clips": len(tasks), "device": str(device), "shared": shared, "separate": separate,
+            "ratio": ratio}
+
+
+def _mafw(args) -> dict:
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.extraction import ClipTask, resolve_device
+    from pipeline.models.extractors import build_extractors
+
+    cfg = load_config("mafw", ["extract.random_init=true", f"extract.batch_size={args.batch}"])
+    samples = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mafw_samples"
+    vids = sorted(samples.glob("*.mp4"))
+    if not vids:
+        raise SystemExit(f"no MAFW samples at {samples}")
+    tasks = [ClipTask(i, f"c{i}", str(vids[i % len(vids)])) for i in range(args.clips)]
+    device = resolve_device(cfg.extract.device)
+    ext = build_extractors(cfg.extract, len(cfg.data.emotions), device, seed=0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    r = _time_shared(tasks, ext, cfg.extract, device)
+    mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    print(f"mafw shapes (32x224^2, swin3d_b, resnet50, anfl_resnet50; random weights), {len(tasks)} clips, "
+          f"batch {cfg.extract.batch_size}, {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
+    print(f"  {r['clips_per_s']:.3f} clips/s (decode+faces {r['decode_s']:.1f} s, extractors {r['compute_s']:.1f} s)"
+          + (f", peak GPU memory {mem:.2f} GiB" if mem is not None else ""))
+    return {"mode": "mafw", "clips": len(tasks), "device": str(device), "result": r, "gpu_mem_gib": mem}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", type=int, default=None, help="clips to time (demo: 24; mafw: 2 on CPU, 16 on CUDA)")
+    ap.add_argument("--batch", type=int, default=None, help="clips per forward batch (demo: 8, mafw: 4)")
+    ap.add_argument("--root", default=None, help="demo: folder for the generated clips (default: a temp dir)")
+    ap.add_argument("--mafw-shapes", action="store_true", help="the paper's shapes with random weights")
+    args = ap.parse_args(argv)
+    import torch
+
+    if args.mafw_shapes:
+        args.clips = args.clips or (16 if torch.cuda.is_available() else 2)
+        args.batch = args.batch or 4
+        return _mafw(args)
+    args.clips = args.clips or 24
+    args.batch = args.batch or 8
+    return _demo(args)
+
+
+if __name__ == "__main__":
+    main()

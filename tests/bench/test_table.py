@@ -1,0 +1,105 @@
+"""The benchmark table's logic (ratios, targets, error rows, key mapping) on hand-made result dicts.
+No benchmark runs here: timings are never tested."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.bench import __main__ as bench
+from tests.bench._table import IS_TRUE, REPORT, Results, Row, at_least, error_row, markdown_table, under, within
+
+
+def test_ratio_is_times_better_for_times_and_for_rates():
+    # a time: 2 s against a 10 s baseline is 5x better
+    assert Row("t", figure=2.0, baseline=10.0).ratio == pytest.approx(5.0)
+    # a rate: 10 steps/s against 2 steps/s is 5x better
+    assert Row("r", figure=10.0, baseline=2.0, higher_is_better=True).ratio == pytest.approx(5.0)
+    # worse than baseline -> below 1
+    assert Row("t", figure=20.0, baseline=10.0).ratio == pytest.approx(0.5)
+    assert Row("t", figure=0.0, baseline=3.0).ratio == math.inf
+    assert Row("t", figure=1.0).ratio is None
+
+
+def test_at_least_target_boundary():
+    assert Row("t", figure=2.0, baseline=10.0, target=at_least(5)).holds == "yes"
+    assert Row("t", figure=2.01, baseline=10.0, target=at_least(5)).holds == "no"
+
+
+def test_within_ten_percent_allows_a_little_worse_but_not_more():
+    assert Row("t", figure=105.0, baseline=100.0, target=within(0.10)).holds == "yes"
+    assert Row("t", figure=109.9, baseline=100.0, target=within(0.10)).holds == "yes"
+    assert Row("t", figure=111.0, baseline=100.0, target=within(0.10)).holds == "no"
+    assert Row("t", figure=50.0, baseline=100.0, target=within(0.10)).holds == "yes"   # faster is fine
+
+
+def test_under_true_report_and_error_rows():
+    assert Row("s", figure=19.9, target=under(20, "s")).holds == "yes"
+    assert Row("s", figure=20.5, target=under(20, "s")).holds == "no"
+    assert Row("same", figure=False, target=IS_TRUE).holds == "no"
+    assert Row("same", figure=True, target=IS_TRUE).holds == "yes"
+    assert Row("mem", figure=6.7, target=REPORT).holds == "n/a"
+    e = error_row("bench_x", "something", "boom")
+    assert e.holds == "error" and e.ratio is None
+
+
+def test_markdown_table_shows_every_row_and_escapes_pipes():
+    rows = [Row("a|b", figure=2.0, unit="s", baseline=10.0, target=at_least(5)),
+            error_row("bench_x", "broken one", "ValueError: bad")]
+    md = markdown_table(rows)
+    lines = md.splitlines()
+    assert lines[0] == "| what | figure | baseline | ratio | target | holds |"
+    assert len(lines) == 4
+    assert "a\\|b" in lines[2] and "5.00x" in lines[2] and lines[2].endswith("| yes |")
+    assert "**error**: ValueError: bad" in lines[3] and lines[3].endswith("| error |")
+
+
+def test_results_files_carry_machine_date_and_holds(tmp_path):
+    m = {"cpu": "Test CPU", "cores": 2, "cores_usable": 2, "torch": "9.9", "python": "3.11", "os": "x", "cuda": None}
+    res = Results(rows=[Row("r", figure=3.0, baseline=6.0, target=at_least(2))], machine=m,
+                  benchmarks=[{"name": "x", "argv": [], "seconds": 1.0, "error": None, "result": {"v": math.inf}}])
+    md, js = res.write(tmp_path)
+    text = md.read_text()
+    assert "Test CPU" in text and "torch 9.9" in text and res.date in text
+    data = json.loads(js.read_text())
+    assert data["rows"][0]["holds"] == "yes" and data["rows"][0]["ratio"] == pytest.approx(2.0)
+    assert data["machine"]["cores"] == 2
+
+
+def test_missing_key_becomes_an_error_row_naming_it():
+    spec = next(s for s in bench.SPECS if s.name == "decode")
+    rows = bench.rows_for(spec, {"cached_s": 1.0, "clips": 1}, None)
+    assert len(rows) == 1 and rows[0].holds == "error"
+    assert "uncached_s" in rows[0].error
+
+
+def test_failed_benchmark_becomes_an_error_row():
+    spec = next(s for s in bench.SPECS if s.name == "store")
+    rows = bench.rows_for(spec, None, "timed out after 90 s")
+    assert [r.holds for r in rows] == ["error"] and "timed out" in rows[0].error
+
+
+def test_missing_module_is_reported_not_skipped():
+    spec = bench.Spec("ghost", "bench_does_not_exist", [], bench.rows_store, 5, "ghost")
+    result, error, _ = bench.run_spec(spec, [], 5)
+    assert result is None and "bench_does_not_exist.py is missing" in error
+
+
+def test_loader_hidden_row_compares_whole_step_times():
+    r = {"batch": 32, "batch_mb": 70.0, "ram_load_s": 1.0,
+         "ms_per_batch": {"memory": 20.0, "ram": 21.0, "stream": 400.0},
+         "hidden": {"workers": 2, "compute_ms": 150.0, "wait_ms_workers": 30.0, "wait_ms_memory": 20.0}}
+    rows = bench.rows_loader(r)
+    by = {r.what.split(",")[1].strip(): r for r in rows}
+    assert by["in-RAM path (store fits train.ram_cache_gb)"].holds == "yes"          # 21 vs 20 ms
+    assert by["streaming path (per-clip Zarr reads"].holds == "no"                 # 400 vs 20 ms
+    hidden = next(x for x in rows if "DataLoader workers" in x.what)
+    assert hidden.ratio == pytest.approx(170.0 / 180.0) and hidden.holds == "yes"   # 180 ms step vs 170 ms
+
+
+def test_train_mafw_peak_memory_parsed_from_text():
+    rows = bench.rows_train_mafw({"steps_per_s": 0.01, "peak_memory": "CPU peak RSS 6.72 GiB", "batch": 1,
+                                  "device": "cpu"})
+    assert rows[0].figure == pytest.approx(6.72) and rows[0].unit == "GiB"
+    assert "batch 32 does not fit" in rows[0].detail
