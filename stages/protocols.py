@@ -22,6 +22,8 @@ dataset's extract key as the `features` parent and its manifest as the score's `
     <train cache>/runs/<train-key>/captions/<caption-key>/{captions.json, references.json, protocol.json, ...}
                                          .../scores/<score-key>/{scores.json, per_clip.csv, ...}
 
+For another dataset the caption key also carries the eval manifest's hash (its split and references
+are not behind the train key); for the training dataset itself the keys are the in-domain ones.
 The caption and score sections (split, beam, METEOR, ...) come from the eval config. `--set` applies to
 both configs, `--train-set` / `--eval-set` to one.
 """
@@ -63,16 +65,24 @@ def protocol_plan(train_cfg: Config, eval_cfg: Config) -> ProtocolPlan:
     from stages import caption, score
     from stages.plan import StagePlan, plan
 
+    from pipeline.manifest import ensure_manifest
+
     tr_plans = plan(train_cfg, upto="train")
     ev_plans = plan(eval_cfg, upto="extract")
     tr, ev = tr_plans["train"], ev_plans["extract"]
+    eval_manifest = ensure_manifest(eval_cfg)  # the eval clips' captions, emotions and splits
     ca_slice = caption.config_slice(eval_cfg)
     ca_parents = {"train": tr.key, "features": ev.key}
+    if not (eval_cfg.cache_dir.resolve() == train_cfg.cache_dir.resolve()
+            and eval_manifest == tr.parents.get("manifest")):
+        # Another dataset: its split and references (captions.json / references.json) are not behind the
+        # train key, so its manifest joins the caption key. The same dataset keeps the in-domain keys.
+        ca_parents["eval_manifest"] = eval_manifest
     ca_key = stage_key("caption", caption.VERSION, ca_slice, ca_parents)
     ca_dir = tr.out_dir / "captions" / short(ca_key)
     ca = StagePlan("caption", ca_key, ca_dir, caption.VERSION, ca_slice, ca_parents)
     sc_slice = score.config_slice(eval_cfg)
-    sc_parents = {"caption": ca_key, "references": ev.parents["manifest"]}
+    sc_parents = {"caption": ca_key, "references": eval_manifest}
     sc_key = stage_key("score", score.VERSION, sc_slice, sc_parents)
     sc = StagePlan("score", sc_key, ca_dir / "scores" / short(sc_key), score.VERSION, sc_slice, sc_parents)
     return ProtocolPlan(tr, tr_plans["extract"], ev, ca, sc)

@@ -98,7 +98,8 @@ def rows_loader(r: dict) -> list[Row]:
             baseline_what="in-memory slicing, same compute", target=within(0.10),
             detail=f"wait {h['wait_ms_workers']:.1f} ms/step", bench="bench_loader"))
     for key, label in (("stream_handles", "array handles opened once (no group lookup per item)"),
-                       ("stream_batch", "one Zarr read per array per batch (__getitems__)")):
+                       ("stream_batch", "one Zarr read per array per batch (__getitems__)"),
+                       ("stream_direct", "chunk files read and Blosc-decoded directly (local stores)")):
         if key in ms:
             rows.append(Row(what=f"candidate loader fix, streaming with {label}, 0 workers: data time per batch",
                             figure=ms[key], unit="ms", baseline=base, baseline_what=bw, target=within(0.10),
