@@ -25,8 +25,19 @@ VERSION = "1"
 
 def config_slice(cfg: Config) -> dict:
     """Model, prompt, loss and optimiser fields, the seed, and the split/class definition."""
+    model = section_slice(cfg.model)
+    if model["tokenizer"]:
+        # key the vocabulary by its contents, not its path: an edited vocab.txt must retrain,
+        # the same file elsewhere must not
+        from pathlib import Path
+
+        from pipeline.records import file_sha256
+
+        vocab = Path(model["tokenizer"])
+        vocab = vocab / "vocab.txt" if vocab.is_dir() else vocab
+        model["tokenizer"] = f"sha256:{file_sha256(vocab)}" if vocab.is_file() else f"missing:{vocab}"
     return {
-        "model": section_slice(cfg.model),
+        "model": model,
         "train": section_slice(cfg.train),
         "data": {"emotions": cfg.data.emotions, "val_fraction": cfg.data.val_fraction},
     }
