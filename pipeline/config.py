@@ -86,8 +86,10 @@ class ExtractConfig:
     """Emotion-recognition backbone (timm name)."""
     au_model: str = "anfl_resnet50"
     """AU network: ANFL stage 1 (ME-GraphAU / OpenGraphAU) on a ResNet-50 backbone (anfl_demo: tiny)."""
-    face_detector: str = "skin"
-    """Face finder: 'skin' (offline colour/shape detector), 'center' (whole frame), or 'boxes' (dataset-provided)."""
+    face_detector: str = "haar"
+    """Face finder: 'haar' (OpenCV's frontal + profile Haar cascades, offline, skin colour only where they
+    miss), 'skin' (offline colour/shape detector; the demo's drawn faces), 'center' (whole frame), or
+    'boxes' (dataset-provided)."""
     weights_dir: str = "weights"
     """Folder the checkpoint files are looked up in (see README for the names)."""
     er_weights: str = "resnet50_er_mafw.pth"

@@ -1,12 +1,28 @@
 """Find the main face per sampled frame and cut square face crops for ResNet50-ER and ANFL.
 
-Needs no download and no learned model, so stage one runs on a build machine without network:
+Needs no download: everything runs offline on a build machine without network.
 
-- 'skin' (default): skin-colour segmentation in YCrCb (the classic Chai & Ngan 1999 ranges
-  Cr in [133, 173], Cb in [77, 127]), a morphological opening, the largest connected component
-  whose size and aspect look like a head, trimmed to a head-shaped box when the component runs
-  down the neck. Boxes are smoothed over time by a running median (window 5) and a frame without
-  a detection takes the previous frame's box (the next one's at the start of a clip).
+- 'haar' (default of the paper presets): OpenCV's Viola-Jones Haar cascades as shipped inside the
+  `opencv-python-headless` wheel (`cv2.data.haarcascades`: haarcascade_frontalface_default.xml and
+  haarcascade_profileface.xml, the latter run on the frame and its mirror image for both sides).
+  1. the frontal cascade on every frame (grey, histogram-equalised);
+  2. the main face is the best path through the candidates over time (`_main_track`, dynamic
+     programming): each frame on the path earns in proportion to the face's area, each step between two
+     frames costs in proportion to how far the box jumps and how much its size changes, so a
+     consistent, large face wins over a stray detection on a curtain;
+  3. frames the path misses: the profile cascade (near the path when the path covers at least a
+     quarter of the clip, else on the whole frame), then the path is chosen again;
+  4. frames still missed: the skin detector below, only inside a window around the path and kept
+     only when its box centre lies near the path (its size is taken from the path);
+  5. running median over the found boxes, gaps interpolated linearly between neighbours (held at
+     the clip's ends).
+  Only when no cascade fires in any frame does the clip fall back to the skin detector throughout.
+  `FaceTrack.method` records per frame which detector found the face ('frontal', 'profile',
+  'skin', or 'filled' where the box was interpolated).
+- 'skin': skin-colour segmentation in YCrCb (the classic Chai & Ngan 1999 ranges Cr in [133, 173],
+  Cb in [77, 127]), a morphological opening, the largest connected component whose size and aspect
+  look like a head, trimmed to a head-shaped box when the component runs down the neck. Works on
+  the demo's drawn faces; on real video it picks up orange curtains and pink walls.
 - 'center': the whole frame (a centred square of the short side): datasets of pre-cropped faces.
 - 'boxes': dataset-provided boxes, read from a sidecar `<video>.faces.json` next to the video:
   `{"boxes": [[x0, y0, x1, y1] or null, ...]}` with one entry per *source* frame in source pixels.
@@ -14,6 +30,9 @@ Needs no download and no learned model, so stage one runs on a build machine wit
 All detection runs on the resized frames (short side = extract.size); crops are cut from the
 full-resolution source frames (see pipeline.video), padded with black where the square leaves the
 frame. A clip with no face in any sampled frame raises ClipError (recorded, the run goes on).
+
+References: Viola & Jones, "Rapid object detection using a boosted cascade of simple features"
+(CVPR 2001); Lienhart & Maydt (ICIP 2002) for the extended Haar features of OpenCV's cascades.
 """
 from __future__ import annotations
 
@@ -25,10 +44,30 @@ import numpy as np
 
 from pipeline.video import ClipError, DecodedClip
 
-MODES = ("skin", "center", "boxes")
+MODES = ("haar", "skin", "center", "boxes")
 FACE_MARGIN = 1.3
 """Side of the square crop relative to the longer side of the detected face box."""
 SMOOTH_WINDOW = 5
+"""Frames in the running median over the found boxes."""
+METHODS = ("frontal", "profile", "skin", "center", "boxes", "filled")
+"""Values of FaceTrack.method: the detector that found the face in a frame, or 'filled'."""
+
+# Haar cascade settings (OpenCV's usual ones; the cascades' own windows are 24 and 20 px).
+CASCADE_FILES = {"frontal": "haarcascade_frontalface_default.xml", "profile": "haarcascade_profileface.xml"}
+HAAR_SCALE = 1.1
+"""Step between the scales of the cascade's sliding window."""
+HAAR_NEIGHBOURS = 4
+"""Overlapping raw hits a detection needs (higher: fewer false faces, more misses)."""
+HAAR_MIN_FACE = 0.1
+"""Smallest face searched for, as a fraction of the frame's short side."""
+HAAR_WORK_SIDE = 128
+"""Frames with a shorter short side are upscaled to this for the cascades (the demo's 64-px frames)."""
+TRACK_JUMP_COST = 2.0
+"""Path cost per face side that the box jumps (beyond the motion allowed per frame of gap)."""
+TRACK_MOTION = 0.25
+"""Motion (in face sides) and log size change /2.5 allowed free per sampled frame between two path boxes."""
+PROFILE_ROI = 3.0
+"""The profile cascade and the skin fallback look inside a square of this many face sides around the path."""
 
 
 @dataclass
@@ -36,7 +75,13 @@ class FaceTrack:
     boxes: np.ndarray
     """(T, 4) float32 x0, y0, x1, y1 of the square crop used per frame, in `resized` pixels."""
     detected: np.ndarray
-    """(T,) bool: the detector found a face in this frame (else the box is borrowed from a neighbour)."""
+    """(T,) bool: a detector found the face in this frame (else the box is interpolated from neighbours)."""
+    method: np.ndarray
+    """(T,) str: which detector found it per frame (one of METHODS; 'filled' where none did)."""
+
+    def counts(self) -> dict[str, int]:
+        """Frames per method, e.g. {'frontal': 20, 'profile': 9, 'skin': 1, 'filled': 2}."""
+        return {m: int((self.method == m).sum()) for m in METHODS if (self.method == m).any()}
 
 
 # ---- the skin detector -------------------------------------------------------------------------
@@ -131,49 +176,223 @@ def _square(box: np.ndarray, frame_hw: tuple[int, int], margin: float = FACE_MAR
 
 
 def _smooth_and_fill(raw: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Running median over detected boxes; undetected frames borrow the previous (else next) box."""
+    """Running median (SMOOTH_WINDOW) over the found boxes; frames without one are interpolated
+    linearly between the nearest found frames on either side (held before the first / after the last)."""
     t = len(raw)
     detected = np.array([b is not None for b in raw])
+    found = np.flatnonzero(detected)
     boxes = np.full((t, 4), np.nan, dtype=np.float32)
-    for i, b in enumerate(raw):
-        if b is not None:
-            boxes[i] = b
+    for i in found:
+        boxes[i] = raw[i]
     smoothed = boxes.copy()
     half = SMOOTH_WINDOW // 2
-    for i in np.flatnonzero(detected):
+    for i in found:
         win = boxes[max(0, i - half): i + half + 1]
-        smoothed[i] = np.nanmedian(win[~np.isnan(win[:, 0])], axis=0)
-    last = None
+        smoothed[i] = np.median(win[~np.isnan(win[:, 0])], axis=0)
+    frames = np.arange(t)
+    for k in range(4):
+        smoothed[:, k] = np.interp(frames, found, smoothed[found, k])
+    return smoothed.astype(np.float32), detected
+
+
+# ---- the Haar cascades -------------------------------------------------------------------------
+
+_CASCADES: dict = {}
+
+
+def _cascade(kind: str):
+    """The OpenCV cascade for 'frontal' or 'profile', loaded once per process from the wheel."""
+    if kind not in _CASCADES:
+        import cv2
+
+        folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
+        path = Path(folder or "") / CASCADE_FILES[kind]
+        if not folder or not path.is_file():
+            raise RuntimeError(f"OpenCV's {CASCADE_FILES[kind]} is not in this cv2 install (cv2.data.haarcascades = "
+                               f"{folder!r}); face_detector 'haar' needs opencv-python-headless>=4.8,<5 (5.x ships no cascades)")
+        cascade = cv2.CascadeClassifier(str(path))
+        if cascade.empty():
+            raise RuntimeError(f"OpenCV could not load the cascade {path}")
+        _CASCADES[kind] = cascade
+    return _CASCADES[kind]
+
+
+def _haar_grey(frame: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H, W, 3) RGB -> histogram-equalised grey image at the working scale, and that scale (>= 1)."""
+    import cv2
+
+    grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    up = max(1.0, HAAR_WORK_SIDE / min(grey.shape))
+    if up > 1.0:
+        grey = cv2.resize(grey, None, fx=up, fy=up, interpolation=cv2.INTER_LINEAR)
+    return cv2.equalizeHist(grey), up
+
+
+def haar_detect(grey: np.ndarray, kind: str, roi: np.ndarray | None = None) -> list[np.ndarray]:
+    """All faces cascade `kind` finds in a grey image, as (x0, y0, x1, y1) float32 boxes in its pixels.
+    'profile' runs on the image and on its mirror (OpenCV's profile cascade knows one side only).
+    `roi` (x0, y0, x1, y1) limits the search to that window."""
+    h, w = grey.shape
+    min_side = max(24 if kind == "frontal" else 20, int(round(HAAR_MIN_FACE * min(h, w))))
+    ox = oy = 0
+    if roi is not None:
+        x0, y0 = max(0, int(np.floor(roi[0]))), max(0, int(np.floor(roi[1])))
+        x1, y1 = min(w, int(np.ceil(roi[2]))), min(h, int(np.ceil(roi[3])))
+        grey, ox, oy = grey[y0:y1, x0:x1], x0, y0
+    if min(grey.shape) < min_side:
+        return []
+    cascade = _cascade(kind)
+    views = [(grey, False), (np.ascontiguousarray(grey[:, ::-1]), True)] if kind == "profile" else [(grey, False)]
+    out = []
+    for img, mirrored in views:
+        found = cascade.detectMultiScale(img, scaleFactor=HAAR_SCALE, minNeighbors=HAAR_NEIGHBOURS, minSize=(min_side, min_side))
+        for x, y, bw, bh in np.asarray(found, dtype=np.float32).reshape(-1, 4):
+            if mirrored:
+                x = img.shape[1] - x - bw
+            out.append(np.array([ox + x, oy + y, ox + x + bw, oy + y + bh], dtype=np.float32))
+    return out
+
+
+def _side(box: np.ndarray) -> float:
+    return float(max(box[2] - box[0], box[3] - box[1]))
+
+
+def _jump(a: np.ndarray, b: np.ndarray, gap: int) -> float:
+    """Path cost of going from box a to box b `gap` sampled frames later."""
+    sa, sb = _side(a), _side(b)
+    move = np.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2) / (0.5 * (sa + sb))
+    resize = abs(np.log(sb / sa))
+    return TRACK_JUMP_COST * (max(0.0, move - TRACK_MOTION * gap) + max(0.0, resize - 0.1 * gap))
+
+
+def _main_track(cands: list[list[np.ndarray]]) -> list[int | None]:
+    """The main face as the best path through the per-frame candidates (dynamic programming).
+
+    A frame on the path earns 0.1 + (side / largest side among all candidates)^2, i.e. its area;
+    each step from the previous frame on the path costs `_jump`. Frames may be skipped (they earn nothing), so a stray
+    detection far from the face is left out, and of two steady faces the larger one is followed.
+    Returns the chosen candidate's index per frame, None where the path skips the frame."""
+    t = len(cands)
+    sides = [_side(b) for c in cands for b in c]
+    if not sides:
+        return [None] * t
+    top = max(sides)
+    best: list[list[float]] = []
+    back: list[list[tuple[int, int] | None]] = []
+    for i, ci in enumerate(cands):
+        best.append([])
+        back.append([])
+        for b in ci:
+            gain = 0.1 + (_side(b) / top) ** 2  # area: the main face is the big one
+            score, prev = gain, None
+            for j in range(i):
+                for k, a in enumerate(cands[j]):
+                    s = best[j][k] + gain - _jump(a, b, i - j)
+                    if s > score:
+                        score, prev = s, (j, k)
+            best[i].append(score)
+            back[i].append(prev)
+    end = max(((best[i][k], i, k) for i in range(t) for k in range(len(cands[i]))))
+    chosen: list[int | None] = [None] * t
+    node: tuple[int, int] | None = (end[1], end[2])
+    while node is not None:
+        chosen[node[0]] = node[1]
+        node = back[node[0]][node[1]]
+    return chosen
+
+
+def _path_boxes(picked: list[np.ndarray | None]) -> np.ndarray:
+    """(T, 4) boxes along the path: found ones as they are, the others interpolated (held at the ends)."""
+    found = [i for i, b in enumerate(picked) if b is not None]
+    arr = np.stack([picked[i] for i in found])
+    return np.stack([np.interp(np.arange(len(picked)), found, arr[:, k]) for k in range(4)], axis=1)
+
+
+def _around(box: np.ndarray, factor: float) -> np.ndarray:
+    cx, cy, half = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, factor * _side(box) / 2
+    return np.array([cx - half, cy - half, cx + half, cy + half], dtype=np.float32)
+
+
+def haar_track(frames: np.ndarray) -> tuple[list[np.ndarray | None], list[str]]:
+    """The main face per frame by the Haar cascades, with the skin detector near the path where
+    both cascades miss (see the module docstring). Returns tight boxes in frame pixels (None:
+    nothing found) and the method per frame ('frontal', 'profile', 'skin' or 'filled')."""
+    t = len(frames)
+    greys = [_haar_grey(f) for f in frames]
+    up = greys[0][1]
+    cands = [haar_detect(g, "frontal") for g, _ in greys]
+    kinds = [["frontal"] * len(c) for c in cands]
+    chosen = _main_track(cands)
+    searched = [c is not None for c in chosen]  # frames the profile cascade need not look at
+    for sweep in range(2):
+        # Few frontal hits: first sweep the whole of every 4th missed frame to find where the face is;
+        # then only near the path (cheaper, and no stray hits far from the face).
+        covered = sum(c is not None for c in chosen)
+        near = _path_boxes([None if k is None else cands[i][k] for i, k in enumerate(chosen)]) if covered >= t / 4 else None
+        if near is None and sweep == 1 and covered == 0:
+            break  # the whole-frame sweep found nothing either
+        todo = [i for i in range(t) if not searched[i]]
+        if near is None and sweep == 0:
+            todo = todo[::4]
+        for i in todo:
+            found = haar_detect(greys[i][0], "profile", None if near is None else _around(near[i], PROFILE_ROI))
+            cands[i] += found
+            kinds[i] += ["profile"] * len(found)
+            searched[i] = True
+        chosen = _main_track(cands)
+        if all(searched):
+            break
+    boxes: list[np.ndarray | None] = [None if k is None else cands[i][k] / up for i, k in enumerate(chosen)]
+    methods = ["filled" if k is None else kinds[i][k] for i, k in enumerate(chosen)]
+    if all(b is None for b in boxes):
+        return boxes, methods
+    path = _path_boxes(boxes)
+    h, w = frames.shape[1:3]
     for i in range(t):
-        if detected[i]:
-            last = smoothed[i]
-        elif last is not None:
-            smoothed[i] = last
-    first = np.flatnonzero(detected)[0]
-    smoothed[:first] = smoothed[first]
-    return smoothed, detected
+        if boxes[i] is not None:
+            continue
+        side = _side(path[i])
+        x0, y0, x1, y1 = _around(path[i], PROFILE_ROI).round().astype(int).tolist()
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        found = detect_face(frames[i, y0:y1, x0:x1]) if x1 - x0 >= 8 and y1 - y0 >= 8 else None
+        if found is None:
+            continue
+        cx, cy = x0 + (found[0] + found[2]) / 2, y0 + (found[1] + found[3]) / 2
+        ex, ey = (path[i, 0] + path[i, 2]) / 2, (path[i, 1] + path[i, 3]) / 2
+        if np.hypot(cx - ex, cy - ey) <= 0.5 * side:  # a skin blob where the face should be, not the wall
+            boxes[i] = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], dtype=np.float32)
+            methods[i] = "skin"
+    return boxes, methods
 
 
-def find_faces(clip: DecodedClip, mode: str = "skin", video_path: str | Path | None = None) -> FaceTrack:
-    """One square face box per sampled frame (in `clip.resized` pixels). Raises ClipError when no
-    frame has a face."""
+def find_faces(clip: DecodedClip, mode: str = "haar", video_path: str | Path | None = None) -> FaceTrack:
+    """One square face box per sampled frame (in `clip.resized` pixels), with the method that found
+    it. Raises ClipError when no frame has a face."""
     frames = clip.resized
     t, h, w = frames.shape[:3]
     if mode == "center":
         s = min(h, w)
         box = np.array([(w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2], dtype=np.float32)
-        return FaceTrack(np.tile(box, (t, 1)), np.ones(t, bool))
-    if mode == "skin":
+        return FaceTrack(np.tile(box, (t, 1)), np.ones(t, bool), np.full(t, "center"))
+    if mode == "haar":
+        tight, methods = haar_track(frames)
+        if all(b is None for b in tight):  # no cascade fired anywhere: the skin detector throughout
+            tight = [detect_face(f) for f in frames]
+            methods = ["filled" if b is None else "skin" for b in tight]
+        raw = [None if b is None else _square(b, (h, w)) for b in tight]
+    elif mode == "skin":
         raw = [detect_face(f) for f in frames]
         raw = [None if b is None else _square(b, (h, w)) for b in raw]
+        methods = ["filled" if b is None else "skin" for b in raw]
     elif mode == "boxes":
         raw = _sidecar_boxes(clip, video_path)
+        methods = ["filled" if b is None else "boxes" for b in raw]
     else:
         raise ValueError(f"unknown face_detector {mode!r} (one of {', '.join(MODES)})")
     if not any(b is not None for b in raw):
-        raise ClipError(f"no face found in any of the {t} sampled frames")
+        raise ClipError(f"no face found in any of the {t} sampled frames (face_detector {mode!r})")
     boxes, detected = _smooth_and_fill(raw)
-    return FaceTrack(boxes, detected)
+    return FaceTrack(boxes, detected, np.array(methods))
 
 
 def _sidecar_boxes(clip: DecodedClip, video_path: str | Path | None) -> list[np.ndarray | None]:

@@ -21,7 +21,6 @@ Numbers equal pycocoevalcap's own pipeline (`tests/pipeline/test_scoring.py` che
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile

@@ -65,7 +65,6 @@ def caption_into(
     run in `run_dir`; write captions.json and references.json into `out_dir`. Returns counts/timings/extra
     for the stage record. `eval_emotions` are the class names of the dataset being captioned (its true labels);
     predictions are named by the run's own classes (the checkpoint's)."""
-    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from torch.utils.data import DataLoader
 

@@ -74,6 +74,9 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True)
     from pipeline.scoring import ALL_METRICS, score_captions_per_clip
 
     t0 = time.perf_counter()
+    unknown = [m for m in scfg.metrics if m not in ALL_METRICS]
+    if unknown:
+        raise UserError(f"score.metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(ALL_METRICS)}")
     results, refs = read_caption_output(caption_dir)
     gts: dict[str, list[str]] = {}
     for a in refs["annotations"]:
@@ -164,7 +167,10 @@ def print_scores(rec: dict, out_dir: Path, title: str = "scores", skip_notes: li
     t = Table(title=f"{title} ({rec.get('counts', {}).get('clips')} clips)", title_justify="left")
     t.add_column("metric")
     t.add_column("x100", justify="right")
-    for m in ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "emotion_acc"):
+    configured = rec.get("config", {}).get("metrics", [])
+    order = list(dict.fromkeys([*configured, "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3",
+                                "emotion_acc"]))
+    for m in order:
         if m in metrics:
             v = metrics[m]
             t.add_row(m, "n/a" if v is None else f"{100 * v:.2f}")

@@ -78,7 +78,7 @@ def rows_store(r: dict) -> list[Row]:
 def rows_loader(r: dict) -> list[Row]:
     ms = need(r, "ms_per_batch")
     base = need(ms, "memory")
-    shape = f"MAFW shapes, batch {r['batch']} ({r['batch_mb']:.0f} MB)"
+    shape = f"{'MAFW' if r.get('mafw_shapes', True) else 'SMALL'} shapes, batch {r['batch']} ({r['batch_mb']:.0f} MB)"
     bw = "same bytes sliced from in-memory arrays"
     rows = [
         Row(what=f"stage-two loading, in-RAM path (store fits train.ram_cache_gb), {shape}: data time per batch",
@@ -89,14 +89,19 @@ def rows_loader(r: dict) -> list[Row]:
             bench="bench_loader"),
     ]
     h = r.get("hidden")
+    labels = {"stream": "streaming path as shipped", "stream_handles": "candidate fix: array handles opened once",
+              "stream_direct": "candidate fix: chunk files decoded directly"}
     if h:
-        c = need(h, "compute_ms")
-        rows.append(Row(
-            what=f"stage-two loading, streaming path with {h['workers']} DataLoader workers behind {c:.0f} ms of "
-                 f"simulated GPU compute, {shape}: step time (wait + compute)",
-            figure=need(h, "wait_ms_workers") + c, unit="ms", baseline=need(h, "wait_ms_memory") + c,
-            baseline_what="in-memory slicing, same compute", target=within(0.10),
-            detail=f"wait {h['wait_ms_workers']:.1f} ms/step", bench="bench_loader"))
+        c, waits = need(h, "compute_ms"), need(h, "wait_ms")
+        base_wait = need(waits, "memory")
+        for key, wait in waits.items():
+            if key == "memory":
+                continue
+            rows.append(Row(
+                what=f"stage-two loading, {labels.get(key, key)}, {h['workers']} DataLoader workers behind {c:.0f} ms "
+                     f"of simulated GPU compute, {shape}: step time (wait + compute)",
+                figure=wait + c, unit="ms", baseline=base_wait + c, baseline_what="in-memory slicing, same compute",
+                target=within(0.10), detail=f"wait {wait:.1f} ms/step", bench="bench_loader"))
     for key, label in (("stream_handles", "array handles opened once (no group lookup per item)"),
                        ("stream_batch", "one Zarr read per array per batch (__getitems__)"),
                        ("stream_direct", "chunk files read and Blosc-decoded directly (local stores)")):
@@ -130,12 +135,20 @@ def rows_train(r: dict) -> list[Row]:
 _GIB = re.compile(r"([0-9.]+)\s*GiB")
 
 
+def peak_gib(r: dict) -> float:
+    """bench_train --mafw-shapes reports peak memory as text ('CPU peak RSS 4.53 GiB'); its number."""
+    mem = need(r, "peak_memory")
+    if isinstance(mem, (int, float)):
+        return float(mem)
+    m = _GIB.search(str(mem))
+    if m is None:
+        raise MissingKey(f"peak_memory {mem!r} carries no GiB figure")
+    return float(m.group(1))
+
+
 def rows_train_mafw(r: dict) -> list[Row]:
     mem = need(r, "peak_memory")
-    m = _GIB.search(str(mem)) if not isinstance(mem, (int, float)) else None
-    gib = float(mem) if isinstance(mem, (int, float)) else float(m.group(1)) if m else None
-    if gib is None:
-        raise MissingKey(f"peak_memory {mem!r} carries no GiB figure")
+    gib = peak_gib(r)
     b = need(r, "batch")
     note = "" if b == 32 else f"batch {b}: batch 32 does not fit the 10-minute budget on this CPU"
     return [
@@ -202,9 +215,30 @@ SPECS = [
     Spec("train", "bench_train", [], rows_train, 150, "stage-two training step on cached tensors"),
     Spec("decode", "bench_decode", ["--clips", "1", "--max-length", "20"], rows_decode, 200,
          "greedy decoding with the prefix cache, MAFW shapes"),
-    Spec("train_mafw", "bench_train", ["--mafw-shapes", "--batch", "1", "--steps", "1"], rows_train_mafw, 200,
+    Spec("train_mafw", "bench_train", ["--mafw-shapes", "--batch", "1", "--steps", "1"], rows_train_mafw, 150,
          "peak memory of training at MAFW shapes (CPU)"),
+    Spec("train_mafw_b2", "bench_train", ["--mafw-shapes", "--batch", "2", "--steps", "1"], rows_train_mafw, 150,
+         "peak memory of training at MAFW shapes (CPU), second batch size for the batch-32 estimate"),
 ]
+
+
+def derived_rows(results: dict[str, dict]) -> list[Row]:
+    """Rows computed from several benchmarks' results: the CPU peak memory of a MAFW-shaped training step at
+    batch 32, from the peaks measured at two small batches (peak = fixed + per-clip x batch: weights,
+    optimiser state and libraries are the fixed part; activations grow linearly with the batch)."""
+    a, b = results.get("train_mafw"), results.get("train_mafw_b2")
+    if not a or not b:
+        return []
+    ba, bb = need(a, "batch"), need(b, "batch")
+    if ba == bb:
+        return []
+    ga, gb = peak_gib(a), peak_gib(b)
+    per_clip = (gb - ga) / (bb - ba)
+    est = ga + per_clip * (32 - ba)
+    return [Row(what="peak memory of training at MAFW shapes, batch 32 (CPU): estimated from batches "
+                     f"{ba} and {bb} (linear in the batch)", figure=est, unit="GiB", target=REPORT,
+                detail=f"{ga:.2f} GiB at batch {ba}, {gb:.2f} GiB at batch {bb}: {per_clip:.2f} GiB per clip",
+                bench="bench_train --mafw-shapes")]
 
 
 GPU_SPECS = [
@@ -235,15 +269,19 @@ def _child(module: str, out: str, argv: list[str]) -> int:
     return code
 
 
-def run_spec(spec: Spec, argv: list[str], timeout_s: float) -> tuple[dict | None, str | None, float]:
-    """(result, error, seconds) of one benchmark in a child process of its own process group."""
+def run_spec(spec: Spec, argv: list[str], timeout_s: float, threads: int = 0) -> tuple[dict | None, str | None, float]:
+    """(result, error, seconds) of one benchmark in a child process of its own process group; `threads` > 0
+    sets OMP_NUM_THREADS / MKL_NUM_THREADS for it (torch's intra-op threads)."""
     if importlib.util.find_spec(f"tests.bench.{spec.module}") is None:
         return None, f"tests/bench/{spec.module}.py is missing (not written yet)", 0.0
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "tests.bench", "--child", spec.module, str(out), "--", *argv]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+        env = dict(os.environ)
+        if threads > 0:
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, env=env)
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -302,6 +340,9 @@ def main(argv: list[str] | None = None) -> Results | int:
     ap.add_argument("--gpu", action="store_true", help="the GPU variants at MAFW shapes instead (gpu_check.sh)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes where a benchmark has them (smoke run)")
     ap.add_argument("--inprocess", action="store_true", help="call each main() in this process (debugging)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads per benchmark (default 1: on a shared machine, 2 threads of small ops wait "
+                         "on each other at every op and distort ratios; 0: leave torch's default)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench", help="folder for results.md / results.json")
     args = ap.parse_args(argv)
     only = [x for x in args.only.split(",") if x]
@@ -310,7 +351,12 @@ def main(argv: list[str] | None = None) -> Results | int:
     if unknown:
         ap.error(f"unknown benchmarks {unknown}; choose from {names}")
 
+    if args.inprocess and args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     machine = machine_info()
+    machine["bench_threads"] = args.threads or machine["torch_threads"]
     deadline = time.monotonic() + args.budget
     rows: list[Row] = []
     runs: list[dict] = []
@@ -325,12 +371,13 @@ def main(argv: list[str] | None = None) -> Results | int:
         elif args.inprocess:
             result, error, secs = run_inprocess(spec, bargv)
         else:
-            result, error, secs = run_spec(spec, bargv, min(spec.timeout_s, left))
+            result, error, secs = run_spec(spec, bargv, min(spec.timeout_s, left), args.threads)
         if error:
             print(f"=== {spec.name}: ERROR {error}", file=sys.stderr, flush=True)
         rows += rows_for(spec, result, error)
         runs.append({"name": spec.name, "module": spec.module, "argv": bargv, "seconds": round(secs, 2),
                      "error": error, "result": result})
+    rows += derived_rows({b["name"]: b["result"] for b in runs if b["result"]})
     if hasattr(os, "getloadavg"):
         machine["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     res = Results(rows=rows, machine=machine, benchmarks=runs,

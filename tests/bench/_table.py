@@ -176,7 +176,8 @@ def machine_line(m: dict) -> str:
         load = f"; load average {m['load_avg_1m']}"
         if "load_avg_1m_end" in m:
             load += f" at start, {m['load_avg_1m_end']} at end"
-    return (f"{m['cpu']}, {m['cores_usable']} of {m['cores']} cores usable{gpu}; torch {m['torch']}; "
+    threads = f"; {m['bench_threads']} torch thread(s) per benchmark" if m.get("bench_threads") else ""
+    return (f"{m['cpu']}, {m['cores_usable']} of {m['cores']} cores usable{gpu}{threads}; torch {m['torch']}; "
             f"Python {m['python']}; {m['os']}{load}")
 
 

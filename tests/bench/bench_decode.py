@@ -5,6 +5,7 @@
 the same process on the same clips; the captions must be identical.
 
     .venv/bin/python -m tests.bench.bench_decode [--clips 2] [--max-length 20] [--device cpu|cuda] [--beam 1]
+        [--threads 1]
 """
 from __future__ import annotations
 
@@ -55,11 +56,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-length", type=int, default=20)
     ap.add_argument("--beam", type=int, default=1)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads for both paths (0: torch's default). 1 by default: on a shared 2-core "
+                         "machine a second thread stalls the many small ops of cached decoding and slows both paths")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    if args.threads and device.type == "cpu":
+        torch.set_num_threads(args.threads)
     model = build(device)
     batch = {k: v.to(device) for k, v in batch_for(args.clips, device).items()}
     kw = dict(beam_size=args.beam, max_length=args.max_length)

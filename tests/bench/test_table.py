@@ -89,7 +89,7 @@ def test_missing_module_is_reported_not_skipped():
 def test_loader_hidden_row_compares_whole_step_times():
     r = {"batch": 32, "batch_mb": 70.0, "ram_load_s": 1.0,
          "ms_per_batch": {"memory": 20.0, "ram": 21.0, "stream": 400.0},
-         "hidden": {"workers": 2, "compute_ms": 150.0, "wait_ms_workers": 30.0, "wait_ms_memory": 20.0}}
+         "hidden": {"workers": 2, "compute_ms": 150.0, "wait_ms": {"stream": 30.0, "memory": 20.0}}}
     rows = bench.rows_loader(r)
     by = {r.what.split(",")[1].strip(): r for r in rows}
     assert by["in-RAM path (store fits train.ram_cache_gb)"].holds == "yes"          # 21 vs 20 ms
@@ -103,3 +103,11 @@ def test_train_mafw_peak_memory_parsed_from_text():
                                   "device": "cpu"})
     assert rows[0].figure == pytest.approx(6.72) and rows[0].unit == "GiB"
     assert "batch 32 does not fit" in rows[0].detail
+
+
+def test_batch32_memory_estimate_is_linear_in_the_batch():
+    a = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 4.50 GiB", "batch": 1}
+    b = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 6.50 GiB", "batch": 2}
+    rows = bench.derived_rows({"train_mafw": a, "train_mafw_b2": b})
+    assert len(rows) == 1 and rows[0].figure == pytest.approx(4.5 + 2.0 * 31)
+    assert bench.derived_rows({"train_mafw": a}) == []      # one point: no estimate, no invented number

@@ -1,10 +1,12 @@
-"""The offline face finder (pipeline.faces)."""
+"""The offline face finder (pipeline.faces): Haar cascades with a skin fallback, and the skin detector."""
 from __future__ import annotations
+
+import socket
 
 import numpy as np
 import pytest
 
-from pipeline.faces import crop_faces, detect_face, find_faces
+from pipeline.faces import _main_track, crop_faces, find_faces
 from pipeline.video import ClipError, DecodedClip, decode_clip
 
 
@@ -22,50 +24,139 @@ def _face_frame(cx: int, cy: int, h: int = 120, w: int = 200) -> np.ndarray:
     return img
 
 
-def test_synthetic_face_box_covers_face_and_borrows_missing_frames():
+def _box(cx: float, cy: float, side: float) -> np.ndarray:
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
+
+
+def _inside(box: np.ndarray, region) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return region[0] <= cx <= region[2] and region[1] <= cy <= region[3]
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return ix / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix)
+
+
+# ---- synthetic frames ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["skin", "haar"])
+def test_synthetic_face_box_covers_face_and_interpolates_missing_frames(mode):
     frames = np.stack([_face_frame(60, 55), _face_frame(62, 55), np.full((120, 200, 3), 30, np.uint8), _face_frame(64, 56)])
-    track = find_faces(_clip(frames))
+    track = find_faces(_clip(frames), mode=mode)
     assert track.detected.tolist() == [True, True, False, True]
+    assert track.method[2] == "filled" and sum(track.counts().values()) == 4
+    if mode == "skin":
+        assert track.counts() == {"skin": 3, "filled": 1}
+    else:  # the frontal cascade takes the blank skin ellipse for a face; either way the box must cover it
+        assert set(track.method[[0, 1, 3]]) <= {"frontal", "profile", "skin"}
     for box in track.boxes:
         x0, y0, x1, y1 = box
         assert x0 <= 62 - 22 and x1 >= 62 + 22 and y0 <= 55 - 28 and y1 >= 55 + 28  # covers the ellipse
         assert (x1 - x0) < 100  # and is not the whole frame
-    assert np.allclose(track.boxes[2], track.boxes[1])  # the faceless frame uses the previous box
+    np.testing.assert_allclose(track.boxes[2], (track.boxes[1] + track.boxes[3]) / 2, atol=1e-4)  # between its neighbours
 
 
-def test_no_face_anywhere_is_a_clip_error():
+@pytest.mark.parametrize("mode", ["skin", "haar"])
+def test_no_face_anywhere_is_a_clip_error(mode):
     frames = np.full((3, 64, 64, 3), (20, 80, 30), np.uint8)
     with pytest.raises(ClipError, match="no face found in any of the 3 sampled frames"):
-        find_faces(_clip(frames))
+        find_faces(_clip(frames), mode=mode)
 
 
 def test_center_mode_and_crops_pad_outside():
     frames = np.stack([_face_frame(60, 55)] * 2)
     track = find_faces(_clip(frames), mode="center")
     assert track.boxes[0].tolist() == [40, 0, 160, 120]
+    assert track.counts() == {"center": 2}
     crops = crop_faces(frames, np.array([[-10, -10, 30, 30]] * 2, np.float32), 20)
     assert crops.shape == (2, 20, 20, 3)
     assert crops[0, :4, :4].max() == 0 and crops[0, -3:, -3:].min() > 0  # black padding outside the frame
 
 
-def test_demo_faces_found(tiny_demo_extracted):
-    from pipeline.manifest import read_manifest
+def test_main_track_follows_the_steady_face_and_skips_a_stray_hit():
+    face = [_box(100 + 2 * i, 60, 50) for i in range(6)]
+    small = [_box(300, 150, 30) for _ in range(6)]  # a second, smaller, steady face
+    cands = [[face[i], small[i]] for i in range(6)]
+    cands[2] = [small[2], _box(20, 180, 40)]  # the main face missed; a stray hit on the wall
+    cands[4] = [small[4]]
+    chosen = _main_track(cands)
+    assert chosen == [0, 0, None, 0, None, 0]
+    # without the bigger face the smaller steady one is the main face, the stray hit is left out
+    assert _main_track([[small[i]] for i in range(3)] + [[_box(20, 180, 40)]] + [[small[i]] for i in range(4, 6)]) == [0, 0, 0, None, 0, 0]
 
-    for clip in read_manifest(tiny_demo_extracted.manifest_path)[:4]:
-        d = decode_clip(clip.video, 4, 64, 64)
-        track = find_faces(d)
-        assert track.detected.all()
-        for x0, y0, x1, y1 in track.boxes:  # the drawn face fills the middle of the frame
-            assert x0 < 24 and x1 > 40 and y0 < 24 and y1 > 40
+
+# ---- the real MAFW clips ---------------------------------------------------------------------------
+
+# Face regions (x0, y0, x1, y1) in the 224-short-side resized frames (decode_clip(path, 8, 224, 224)),
+# annotated BY EYE on 3x-magnified frames with a 10-px grid (forehead to chin, ear to ear, generous
+# by a few pixels); they were not taken from any detector. Keys: sampled frame index.
+MAFW_FACES = {
+    "00721": {0: (175, 10, 360, 195), 4: (185, 10, 355, 195), 6: (170, 10, 365, 195)},  # close-up, turning
+    "02358": {0: (170, 15, 225, 72), 5: (175, 25, 228, 78), 7: (192, 15, 248, 78)},  # small face, orange curtain, pink wall
+    "02581": {0: (145, 30, 250, 155), 3: (145, 30, 255, 155), 7: (135, 30, 220, 155)},  # dark scene
+}
 
 
-def test_mafw_faces_found_in_most_frames(mafw_samples):
-    for name in ("00721", "02358", "02581"):
+def _mafw_misses(track, regions) -> list[str]:
+    misses = []
+    for i, region in regions.items():
+        box = track.boxes[i]
+        if not _inside(box, region) or _iou(box, region) < 0.3:
+            misses.append(f"frame {i}: box {box.round(1).tolist()} vs face {region}")
+    return misses
+
+
+def test_haar_finds_the_annotated_face_on_real_mafw_clips(mafw_samples, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the face finder tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)  # everything it needs ships in the wheel
+    skin_misses = {}
+    for name, regions in MAFW_FACES.items():
         d = decode_clip(mafw_samples / f"{name}.mp4", 8, 224, 224)
-        track = find_faces(d)
-        h, w = d.resized.shape[1:3]
-        assert track.detected.sum() >= 5, name
-        side = track.boxes[:, 2] - track.boxes[:, 0]
-        assert np.all(side > 0.08 * h) and np.all(side <= 1.3 * h), (name, side)
-        cx, cy = track.boxes[:, [0, 2]].mean(1), track.boxes[:, [1, 3]].mean(1)
-        assert np.all((cx > 0) & (cx < w) & (cy > 0) & (cy < h)), name
+        track = find_faces(d, mode="haar")
+        assert _mafw_misses(track, regions) == [], name
+        assert track.detected.sum() >= 7, (name, track.method)
+        assert track.counts().get("frontal", 0) + track.counts().get("profile", 0) >= 7, (name, track.counts())
+        if name == "02358":
+            # the woman is turned away in the first frames: the profile cascade must have found her there
+            assert track.method[0] == "profile", track.method
+            skin_misses[name] = _mafw_misses(find_faces(d, mode="skin"), regions)
+    # the annotation discriminates: the colour-only detector picks the wall / curtain on 02358
+    assert len(skin_misses["02358"]) >= 2, skin_misses
+
+
+# ---- the demo's drawn faces ------------------------------------------------------------------------
+
+def _drawn_head(spec, t: int, render_size: int, scale: float) -> np.ndarray:
+    """The head ellipse's bounding box as pipeline.demo_data.render_frame draws it at frame t."""
+    from pipeline.demo_data import _envelope
+
+    s, sc = float(render_size), spec.face_scale * render_size
+    yaw = spec.turn * _envelope(t, spec.turn_onset, spec.turn_peak)
+    cx, cy = s * (0.5 + spec.face_dx) + 0.07 * yaw * s, s * (0.53 + spec.face_dy)
+    a, b = 0.35 * sc * (1.0 - 0.06 * abs(yaw)), 0.43 * sc
+    return np.array([cx - a, cy - b, cx + a, cy + b]) * scale
+
+
+def test_demo_faces_found(tmp_path):
+    from pipeline.demo_data import build_specs, generate
+
+    n, frames, size = 5, 12, 96
+    generate(tmp_path, n, seed=3, frames=frames, size=size, workers=1)
+    specs = build_specs(n, 3, frames)
+    assert any(s.turn != 0 for s in specs)  # a turning head among them
+    for mode in ("skin", "haar"):
+        for spec in specs:
+            d = decode_clip(tmp_path / "videos" / f"{spec.clip_id}.mp4", 6, 64, 64)  # the demo preset's 64-px frames
+            track = find_faces(d, mode=mode)
+            assert track.detected.all(), (mode, spec.clip_id, track.method)
+            for box, t in zip(track.boxes, d.indices):
+                head = _drawn_head(spec, int(t), size, 64 / size)
+                height = head[3] - head[1]
+                ix = max(0, min(box[2], head[2]) - max(box[0], head[0])) * max(0, min(box[3], head[3]) - max(box[1], head[1]))
+                cover = ix / ((head[2] - head[0]) * height)
+                off = np.hypot((box[0] + box[2] - head[0] - head[2]) / 2, (box[1] + box[3] - head[1] - head[3]) / 2)
+                assert cover >= (0.95 if mode == "skin" else 0.75), (mode, spec.clip_id, t, box, head)
+                assert off <= 0.15 * height, (mode, spec.clip_id, t, box, head)

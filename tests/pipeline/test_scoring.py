@@ -54,15 +54,9 @@ def _children_running(name: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def ours():
-    if not java_available():
-        pytest.skip("java not on PATH")
-    return scoring.score_captions_per_clip(GTS, RES, metrics=scoring.ALL_METRICS)
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """pycocoevalcap's pipeline, as COCOEvalCap.evaluate runs it."""
+def both():
+    """(ours, reference): score_captions_per_clip, and pycocoevalcap's pipeline as COCOEvalCap.evaluate runs it.
+    pycocoevalcap's METEOR JVM is started first so that its start-up overlaps ours."""
     if not java_available():
         pytest.skip("java not on PATH")
     from pycocoevalcap.bleu.bleu import Bleu
@@ -71,29 +65,40 @@ def reference():
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    tok = PTBTokenizer()
-    gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in GTS.items()})
-    res = tok.tokenize({k: [{"caption": v}] for k, v in RES.items()})
-    out, per = {}, {k: {} for k in GTS}
-    score, scores = Bleu(4).compute_score(gts, res, verbose=0)
-    for n in range(4):
-        out[f"Bleu_{n + 1}"] = score[n]
-        for k, s in zip(gts, scores[n]):
-            per[k][f"Bleu_{n + 1}"] = s
     meteor = Meteor()
     try:
+        ours = scoring.score_captions_per_clip(GTS, RES, metrics=scoring.ALL_METRICS)
+        tok = PTBTokenizer()
+        gts = tok.tokenize({k: [{"caption": c} for c in v] for k, v in GTS.items()})
+        res = tok.tokenize({k: [{"caption": v}] for k, v in RES.items()})
+        out, per = {}, {k: {} for k in GTS}
+        score, scores = Bleu(4).compute_score(gts, res, verbose=0)
+        for n in range(4):
+            out[f"Bleu_{n + 1}"] = score[n]
+            for k, s in zip(gts, scores[n]):
+                per[k][f"Bleu_{n + 1}"] = s
         out["METEOR"], scores = meteor.compute_score(gts, res)
+        for k, s in zip(gts, scores):
+            per[k]["METEOR"] = s
     finally:
         meteor.__del__()  # pycocoevalcap closes its JVM only there
         del meteor
         gc.collect()
-    for k, s in zip(gts, scores):
-        per[k]["METEOR"] = s
     for name, scorer in (("ROUGE_L", Rouge()), ("CIDEr", Cider())):
         out[name], scores = scorer.compute_score(gts, res)
         for k, s in zip(gts, scores):
             per[k][name] = s
-    return out, per
+    return ours, (out, per)
+
+
+@pytest.fixture(scope="module")
+def ours(both):
+    return both[0]
+
+
+@pytest.fixture(scope="module")
+def reference(both):
+    return both[1]
 
 
 def test_corpus_scores_equal_pycocoevalcap(ours, reference):

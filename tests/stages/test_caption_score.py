@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.errors import CacheMismatchError, UserError
+from pipeline.errors import UserError
 from stages._common import JAVA_HINT, java_available
 
 NO_METEOR = ["score.meteor=false"]
