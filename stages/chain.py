@@ -281,7 +281,11 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
         t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(_rel(o.out_dir, base)))
     console.print(t)
     if result.scores:
-        console.print(_scores_table(result.scores))
+        from pipeline.records import read_record
+        from stages.score import print_scores
+
+        score_dir = result.out_dir("score")
+        print_scores(read_record(score_dir), score_dir)  # model beside the constant-caption baseline
     if not failed and result.outcomes:
         console.print(f"outputs under {escape(str(base))}/:", highlight=False)
         for o in result.outcomes:

@@ -68,10 +68,33 @@ def read_caption_output(caption_dir: Path) -> tuple[list[dict], dict]:
     return results, refs
 
 
-def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True) -> dict:
-    """Score the caption output in `caption_dir` into `out_dir` (scores.json, per_clip.csv). Returns the
-    record parts (timings, counts, extra)."""
-    from pipeline.scoring import ALL_METRICS, score_captions_per_clip
+def training_baselines(cfg: Config) -> dict | None:
+    """What a model that ignores the video would score: the most frequent training caption for every
+    clip, and the most frequent training emotion (plus chance, 1/E). None without a manifest."""
+    from collections import Counter
+
+    from pipeline.manifest import read_manifest
+
+    if not cfg.manifest_path.is_file():
+        return None
+    train = [c for c in read_manifest(cfg.manifest_path) if c.split == "train"]
+    captions = Counter(cap for c in train for cap in c.captions)
+    emotions = Counter(c.emotion for c in train if c.emotion is not None)
+    if not captions:
+        return None
+    # most frequent, ties broken by the text so the baseline never depends on file order
+    caption = min(captions, key=lambda t: (-captions[t], t))
+    majority = min(emotions, key=lambda e: (-emotions[e], e)) if emotions else None
+    return {"caption": caption, "emotion": majority, "chance": 1.0 / len(cfg.data.emotions)}
+
+
+def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
+               baselines: dict | None = None) -> dict:
+    """Score the caption output in `caption_dir` into `out_dir` (scores.json, per_clip.csv). With
+    `baselines` (see `training_baselines`), the constant-caption and majority-emotion baselines are
+    scored on the same references and stored beside the model's figures. Returns the record parts
+    (timings, counts, extra)."""
+    from pipeline.scoring import ALL_METRICS, score_captions, score_captions_per_clip
 
     t0 = time.perf_counter()
     unknown = [m for m in scfg.metrics if m not in ALL_METRICS]
@@ -102,15 +125,26 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True)
     metrics = dict(corpus)
     metrics["emotion_acc"] = emotion_acc
 
+    baseline = None
+    if baselines is not None:
+        const = {k: baselines["caption"] for k in res}
+        with console.status("scoring the constant-caption baseline", spinner="dots") if progress \
+                else contextlib.nullcontext():
+            base_metrics = score_captions(gts, const, metrics=ALL_METRICS, meteor=scfg.meteor)
+        base_metrics["emotion_acc"] = (sum(true[k] == baselines["emotion"] for k in known) / len(known)
+                                       if known and baselines["emotion"] is not None else None)
+        baseline = {"caption": baselines["caption"], "emotion": baselines["emotion"],
+                    "emotion_chance": baselines["chance"], "metrics": base_metrics}
+
     out_dir = Path(out_dir)
-    payload = {"metrics": metrics, "clips": len(res), "emotion_clips": len(known), "notes": notes,
-               "caption_dir": str(caption_dir)}
+    payload = {"metrics": metrics, "baseline": baseline, "clips": len(res), "emotion_clips": len(known),
+               "notes": notes, "caption_dir": str(caption_dir)}
     atomic_write_text(out_dir / SCORES_FILE, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out_dir / PER_CLIP_FILE, per_clip_csv(res, gts, true, pred, per_clip))
     return {
         "timings": {"score_s": round(time.perf_counter() - t0, 3)},
         "counts": {"clips": len(res), "references": sum(len(v) for v in gts.values()), "emotion_clips": len(known)},
-        "extra": {"metrics": metrics, "notes": notes, "caption_dir": str(caption_dir)},
+        "extra": {"metrics": metrics, "baseline": baseline, "notes": notes, "caption_dir": str(caption_dir)},
     }
 
 
@@ -153,7 +187,7 @@ def score_stage(p, caption_dir: Path, cfg: Config, *, progress: bool = True) -> 
     (p.out_dir / "stage.json").unlink(missing_ok=True)
     p.out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, p.out_dir / "config.yaml")
-    parts = score_into(p.out_dir, caption_dir, cfg.score, progress=progress)
+    parts = score_into(p.out_dir, caption_dir, cfg.score, progress=progress, baselines=training_baselines(cfg))
     rec = StageRecord(stage="score", key=p.key, version=VERSION, config=p.config, parents=p.parents, **parts)
     write_record(p.out_dir, rec)
     return rec.to_dict()
@@ -164,17 +198,25 @@ def print_scores(rec: dict, out_dir: Path, title: str = "scores", skip_notes: li
     from rich.table import Table
 
     metrics = rec.get("extra", {}).get("metrics", {})
-    t = Table(title=f"{title} ({rec.get('counts', {}).get('clips')} clips)", title_justify="left")
+    baseline = rec.get("extra", {}).get("baseline") or {}
+    base = baseline.get("metrics", {})
+    t = Table(title=f"{title} ({rec.get('counts', {}).get('clips')} clips, x100)", title_justify="left")
     t.add_column("metric")
-    t.add_column("x100", justify="right")
+    t.add_column("model", justify="right")
+    if base:
+        t.add_column("constant caption / majority emotion", justify="right")
     configured = rec.get("config", {}).get("metrics", [])
     order = list(dict.fromkeys([*configured, "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3",
                                 "emotion_acc"]))
     for m in order:
         if m in metrics:
-            v = metrics[m]
-            t.add_row(m, "n/a" if v is None else f"{100 * v:.2f}")
+            cells = [metrics[m]] + ([base.get(m)] if base else [])
+            t.add_row(m, *("n/a" if v is None else f"{100 * v:.2f}" for v in cells))
     console.print(t)
+    if base:
+        console.print(f"baseline caption (most frequent in training): \"{baseline['caption']}\"; "
+                      f"majority emotion: {baseline['emotion']}; chance: {100 * baseline['emotion_chance']:.1f}",
+                      highlight=False)
     for note in rec.get("extra", {}).get("notes", []):
         if note not in skip_notes:  # said once: the protocols print their own notes first
             console.print(f"[yellow]note:[/] {note}", highlight=False)

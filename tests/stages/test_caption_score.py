@@ -113,6 +113,28 @@ def test_caption_refuses_an_untrained_config(tiny_demo_trained, tiny_demo_sets):
         caption.run(other, progress=False)
 
 
+def test_score_reports_the_training_baselines(cfg, scored):
+    from collections import Counter
+
+    from pipeline.manifest import read_manifest
+
+    _, out = scored
+    payload = json.loads((out / "scores.json").read_text())
+    base = payload["baseline"]
+    clips = read_manifest(cfg.manifest_path)
+    train = [c for c in clips if c.split == "train"]
+    counts = Counter(cap for c in train for cap in c.captions)
+    top = max(counts.values())
+    assert counts[base["caption"]] == top and base["caption"] == min(t for t in counts if counts[t] == top)
+    emo = Counter(c.emotion for c in train)
+    assert emo[base["emotion"]] == max(emo.values())
+    assert base["emotion_chance"] == pytest.approx(1 / len(cfg.data.emotions))
+    test = [c for c in clips if c.split == cfg.caption.split]
+    assert base["metrics"]["emotion_acc"] == pytest.approx(sum(c.emotion == base["emotion"] for c in test) / len(test))
+    # a constant caption is one of the training captions: scored against the same references, with the same metrics
+    assert set(base["metrics"]) == set(payload["metrics"])
+
+
 def test_score_files(cfg, captioned, scored):
     rec, out = scored
     payload = json.loads((out / "scores.json").read_text())
