@@ -12,7 +12,8 @@ What it times, interleaved round by round so a noisy (shared) machine slows ever
   stream_direct candidate fix (local stores): read each chunk file and Blosc-decode it with numcodecs
 Then whether DataLoader workers hide the streaming reads behind compute: a loop that sleeps
 `--compute-ms` per step (standing in for a GPU step, which leaves the CPU free) and measures how long each
-step waits for its batch, for the streaming loader with `--workers` workers vs the in-memory baseline.
+step waits for its batch, for the streaming loader (as shipped, and the handle / direct-chunk readers) with
+`--workers` workers vs the in-memory baseline.
 Also the in-RAM path's one-time bulk load (seconds, MB/s).
 
     .venv/bin/python -m tests.bench.bench_loader [--clips 128] [--rounds 8] [--workers 2] [--compute-ms 150]
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from pipeline.store import StoreShapes, create_store, open_store
 from pipeline.tokenizer import train_wordpiece

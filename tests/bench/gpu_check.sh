@@ -25,4 +25,4 @@ if [ ! -d ../shared/data/mafw_samples ]; then
     echo "note: ../shared/data/mafw_samples is absent here: the extraction row will be an error row" >&2
 fi
 # ~6 minutes in all, so one call fits a 15-minute device lease with room to rerun once.
-"$PY" -m tests.bench --gpu --budget 360 --out "$DEST" "$@"
+"$PY" -m tests.bench --gpu --threads 0 --budget 360 --out "$DEST" "$@"

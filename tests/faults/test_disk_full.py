@@ -118,17 +118,25 @@ def _check_clear_error(o: Outcome) -> None:
     assert "rerun" in text or "resume" in text, f"the message does not say how to go on:\n{o.message[-2000:]}"
 
 
-_rows: dict[str, list[bool]] = {}
+_rows: dict[str, dict[str, bool]] = {}
+_outcomes: dict[str, Outcome] = {}
 
 
-def _report(way: str, ok: bool, o: Outcome) -> None:
-    _rows.setdefault(way, []).append(ok)
-    if len(_rows[way]) == 2:
+@pytest.fixture(scope="module", autouse=True)
+def _summary_row():
+    yield
+    for way, checks in _rows.items():
+        o = _outcomes[way]
         lost = int((o.before["done"] & ~o.after_fail["done"]).sum())
-        clear = "clear error" if _rows[way][1] else "raw traceback (fix pending)"
         recomputed = len(set(o.failed_started) & set(o.resumed))
-        report(Row(f"disk full during extraction ({way})", 1, 1, lost, recomputed, BATCH, _rows[way][0],
+        clear = "clear error" if checks.get("clear") else "raw traceback (fix pending)"
+        report(Row(f"disk full during extraction ({way})", 1, 1, lost, recomputed, BATCH, all(checks.values()),
                    f"{int(o.after_fail['done'].sum())} clips kept, {len(o.resumed)} resumed; {clear}"))
+
+
+def _report(way: str, check: str, ok: bool, o: Outcome) -> None:
+    _rows.setdefault(way, {})[check] = ok
+    _outcomes[way] = o
 
 
 def test_disk_full_rlimit_loses_nothing_and_resumes(rlimit_outcome):
@@ -137,7 +145,7 @@ def test_disk_full_rlimit_loses_nothing_and_resumes(rlimit_outcome):
         _check_nothing_lost(rlimit_outcome)
         ok = True
     finally:
-        _report("rlimit", ok, rlimit_outcome)
+        _report("rlimit", "kept", ok, rlimit_outcome)
 
 
 @pytest.mark.xfail(strict=True, reason=CLEAR_ERROR)
@@ -147,7 +155,7 @@ def test_disk_full_rlimit_clear_error(rlimit_outcome):
         _check_clear_error(rlimit_outcome)
         ok = True
     finally:
-        _report("rlimit", ok, rlimit_outcome)
+        _report("rlimit", "clear", ok, rlimit_outcome)
 
 
 # ---- a real full disk (tmpfs) ----------------------------------------------------------------------
@@ -221,7 +229,7 @@ def test_disk_full_tmpfs_loses_nothing_and_resumes(tmpfs_outcome):
         _check_nothing_lost(o)
         ok = True
     finally:
-        _report("tmpfs", ok, tmpfs_outcome)
+        _report("tmpfs", "kept", ok, tmpfs_outcome)
 
 
 @pytest.mark.slow
@@ -232,4 +240,4 @@ def test_disk_full_tmpfs_clear_error(tmpfs_outcome):
         _check_clear_error(tmpfs_outcome)
         ok = True
     finally:
-        _report("tmpfs", ok, tmpfs_outcome)
+        _report("tmpfs", "clear", ok, tmpfs_outcome)

@@ -19,11 +19,16 @@ from tests.faults._harness import (FAULT_CLIPS, Row, differing_clips, extract_co
 _rows: list[tuple[str, bool]] = []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _summary_row():
+    yield
+    if _rows:
+        report(Row("two writers on one store", len(_rows), len(_rows), 0, 0, 0, all(v for _, v in _rows),
+                   ", ".join(f"{n}: {'refused' if v else 'FAILED'}" for n, v in _rows)))
+
+
 def _report(name: str, ok: bool) -> None:
     _rows.append((name, ok))
-    if len(_rows) == 2:
-        report(Row("two writers on one store", 2, 2, 0, 0, 0, all(v for _, v in _rows),
-                   ", ".join(f"{n}: {'refused' if v else 'FAILED'}" for n, v in _rows)))
 
 
 def test_second_writer_refused_while_first_runs(fault_reference, tmp_path):
@@ -60,6 +65,7 @@ def test_second_writer_refused_while_first_runs(fault_reference, tmp_path):
         _report("second writer while the first runs", ok)
 
 
+@pytest.mark.slow  # two more child starts; python -m tests.faults runs it
 def test_simultaneous_start_one_extracts(fault_reference, tmp_path):
     demo = fault_reference.demo
     cache = demo.cache("two_writers_race")
