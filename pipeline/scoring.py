@@ -95,6 +95,25 @@ def ptb_tokenize(sentences: Sequence[str], java: str | None = None) -> list[str]
     return [" ".join(w for w in line.rstrip().split(" ") if w not in PTB_PUNCTUATION) for line in out_lines[: len(lines)]]
 
 
+_WORD = None
+
+
+def simple_tokenize(sentences: Sequence[str]) -> list[str]:
+    """A Python stand-in for the PTB tokenizer for plain captions: lower case, punctuation split off and
+    dropped, as `ptb_tokenize` does. Used where a JVM per call would dominate (per-epoch validation,
+    which only ranks checkpoints); reported scores always use the real PTB tokenizer."""
+    import re
+
+    global _WORD
+    if _WORD is None:
+        _WORD = re.compile(r"n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]")  # PTB splits clitics: gardener 's, does n't
+    out = []
+    for s in sentences:
+        toks = _WORD.findall(s.lower().replace("n't", " n't"))
+        out.append(" ".join(t for t in toks if t not in PTB_PUNCTUATION and t not in {'"'}))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # METEOR: one JVM, closed explicitly
 # ---------------------------------------------------------------------------------------------
@@ -238,12 +257,14 @@ def score_captions_per_clip(
     res: Mapping[str, str],
     metrics: Sequence[str] = DEFAULT_METRICS,
     meteor: bool = True,
+    ptb: bool = True,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Corpus scores and per-clip scores: ({metric: value}, {clip: {metric: value}}).
 
     gts: clip -> reference captions (raw text); res: clip -> one candidate caption (raw text); both
     must name the same clips. All four BLEU orders are returned whenever any BLEU is asked for.
-    METEOR is skipped when `meteor` is False, even if named in `metrics`. Values are pycocoevalcap's
+    METEOR is skipped when `meteor` is False, even if named in `metrics`. `ptb=False` tokenises in
+    Python (`simple_tokenize`; no JVM) - for checkpoint ranking only. Values are pycocoevalcap's
     (fractions in [0, 1]; CIDEr up to 10)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -255,14 +276,14 @@ def score_captions_per_clip(
     per_clip: dict[str, dict[str, float]] = {k: {} for k in keys}
     if not keys:
         return corpus, per_clip
-    java = _java()
+    java = _java() if (ptb or "METEOR" in fams) else None
 
     # Start METEOR's JVM first: it loads its tables while the PTB tokenizer and the Python metrics run.
     meteor_proc = MeteorProcess(java) if "METEOR" in fams else None
     try:
         # One tokenizer call for references and candidates together.
         flat = [r for k in keys for r in gts[k]] + [res[k] for k in keys]
-        tokens = ptb_tokenize(flat, java)
+        tokens = ptb_tokenize(flat, java) if ptb else simple_tokenize(flat)
         tok_gts: dict[str, list[str]] = {}
         i = 0
         for k in keys:
@@ -304,10 +325,11 @@ def score_captions(
     res: dict[str, str],
     metrics: Sequence[str] = DEFAULT_METRICS,
     meteor: bool = True,
+    ptb: bool = True,
 ) -> dict[str, float]:
     """Corpus scores {metric: value} of candidates `res` against references `gts` (see
     `score_captions_per_clip`). Raises UserError (with the Java install hint) when Java is missing."""
-    return score_captions_per_clip(gts, res, metrics=metrics, meteor=meteor)[0]
+    return score_captions_per_clip(gts, res, metrics=metrics, meteor=meteor, ptb=ptb)[0]
 
 
 def emotion_accuracy(true: Mapping[str, int | None], pred: Mapping[str, int]) -> tuple[float | None, int]:

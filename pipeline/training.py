@@ -300,7 +300,9 @@ def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, devi
             correct += int((pred[known] == batch["emotion"][known]).sum())
             total += int(known.sum())
     gts = {k: refs[k] for k in res}
-    scores = dict(score_captions(gts, {k: (v if v else ".") for k, v in res.items()}, metrics=("CIDEr",), meteor=False))
+    # Python tokenisation: a JVM start per epoch would cost more than the epoch; final scores use PTB
+    scores = dict(score_captions(gts, {k: (v if v else ".") for k, v in res.items()}, metrics=("CIDEr",),
+                                 meteor=False, ptb=False))
     scores["emotion_acc"] = correct / total if total else None
     return scores, res
 

@@ -19,7 +19,7 @@ from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, read_record, write_record
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
-VERSION = "1"
+VERSION = "2"
 """Bump when what training computes changes (model maths, losses, data order)."""
 
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
     report.unlink(missing_ok=True)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)
     table = Table(title=f"fault injection ({seconds:.0f} s, pytest exit {int(code)})", title_justify="left")
     for col in ("scenario", "trials", "faults injected", "clips lost", "clips recomputed", "clips in flight",
                 "result", "note"):
@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"[{'green' if r['recomputed'] <= r['in_flight'] else 'red'}]{r['recomputed']}[/]",
                       str(r["in_flight"]), result, r["note"])
     console.print(table)
+    for r in rows:
+        if r.get("details"):
+            console.print(f"[bold]{r['scenario']}[/]: {r['details']}", highlight=False)
     if not rows:
         console.print("[red]no scenario reported a row[/] (collection error?)")
         return int(code) or 1

@@ -315,6 +315,9 @@ class Row:
     """Upper bound on the clips a fault may legitimately cost (sum over faults)."""
     ok: bool
     note: str = ""
+    """A short remark for the table."""
+    details: str = ""
+    """Longer detail (kill moments, open checks), printed under the table."""
 
 
 def report(row: Row) -> None:

@@ -126,7 +126,8 @@ def _summary_row():
         failed = [k for k, v in _outcomes.items() if not v]
         kinds = len([k for k in badvideos.ALL_KINDS if k not in _skipped])
         report(Row("bad videos (errors.jsonl / handled)", len(_outcomes), kinds, 0, 0, 0, not failed,
-                   ("open: " + ", ".join(failed) if failed else "all as expected") +
+                   f"{len(_outcomes) - len(failed)}/{len(_outcomes)} checks pass",
+                   ("open (fix pending): " + ", ".join(failed) if failed else "") +
                    "".join(f"; {k} skipped ({v})" for k, v in _skipped.items())))
 
 

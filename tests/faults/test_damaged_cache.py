@@ -76,12 +76,17 @@ class Damage:
     """reader -> xfail reason, for the readers that do not handle it yet."""
     repair: tuple[str, ...] = ("extract", "--verify")
     """The command that repairs it (a damaged record needs no verification: extract rebuilds it)."""
+    status: tuple[str, ...] = ("status", "--json")
+    """The status command that must show it: damage inside a chunk of the same or another size needs every
+    chunk read (`--verify`); a missing file, array or flag is seen by a cheap structural check."""
 
 
 VERIFY_SPEC = ("no integrity check exists yet - fix pending in pipeline/store.py + stages/extract.py "
                "(crc32c codec on every array, `ecpa extract --verify`, see the fault report)")
 STATUS_SPEC = ("`ecpa status` trusts stage.json alone - fix pending in stages/chain.py:explain + pipeline/store.py "
                "(structural check of the store of a fresh extract record)")
+STATUS_VERIFY_SPEC = ("`ecpa status --verify` does not exist - fix pending in stages/chain.py:status_command "
+                      "(read every done clip's chunks, checksums on)")
 
 GARBAGE = ("blosc decodes a damaged chunk into garbage without an error (no checksum): training reads it as valid "
            "and dies later on NaN in pipeline/losses.py - " + VERIFY_SPEC)
@@ -91,8 +96,10 @@ RAW = ("a damaged done chunk raises zstd's RuntimeError (a traceback) - fix pend
        "stages/extract.py (read done per clip; an unreadable flag = not done, named)")
 
 DAMAGES = [
-    Damage("chunk truncated", _truncate_chunk, {"status": STATUS_SPEC, "train": GARBAGE, "repair": VERIFY_SPEC}),
-    Damage("chunk bytes flipped", _flip_chunk, {"status": STATUS_SPEC, "train": GARBAGE, "repair": VERIFY_SPEC}),
+    Damage("chunk truncated", _truncate_chunk, {"status": STATUS_VERIFY_SPEC, "train": GARBAGE, "repair": VERIFY_SPEC},
+           status=("status", "--json", "--verify")),
+    Damage("chunk bytes flipped", _flip_chunk, {"status": STATUS_VERIFY_SPEC, "train": GARBAGE,
+                                                "repair": VERIFY_SPEC}, status=("status", "--json", "--verify")),
     Damage("chunk file deleted", _delete_chunk, {"status": STATUS_SPEC, "train": ZEROS, "repair": VERIFY_SPEC}),
     Damage("done flag damaged", _damage_done_flag, {"status": STATUS_SPEC, "train": RAW, "repair": VERIFY_SPEC}),
     Damage("stage.json truncated", _truncate_record, {}, repair=("extract",)),
@@ -127,9 +134,9 @@ def _summary_row():
     if _seen:
         handled = sum(_seen.values())
         report(Row("damaged cache (status/train/repair)", len(_seen), len({d for d, _ in _seen}), 0, 0, 0,
-                   handled == len(_seen), f"{handled}/{len(_seen)} damage x reader checks pass" +
-                   ("; open: " + ", ".join(f"{d}:{r}" for (d, r), v in _seen.items() if not v)
-                    if handled < len(_seen) else "")))
+                   handled == len(_seen), f"{handled}/{len(_seen)} damage x reader checks pass",
+                   "open (fix pending): " + ", ".join(f"{d}:{r}" for (d, r), v in _seen.items() if not v)
+                   if handled < len(_seen) else ""))
 
 
 def _note(damage: str, reader: str, ok: bool) -> None:
@@ -147,9 +154,10 @@ def test_status_shows_damaged(damaged, request):
     from stages.cli import app
 
     cfg, store, rows = damaged
+    damage = next(d for d in DAMAGES if d.name == request.node.callspec.id)
     ok = False
     try:
-        res = CliRunner().invoke(app, ["status", "--json", "--preset", "demo", *_sets_args(cfg)])
+        res = CliRunner().invoke(app, [*damage.status, "--preset", "demo", *_sets_args(cfg)])
         assert res.exit_code == 0, res.output
         out = json.loads(res.stdout)
         ex = next(r for r in out["stages"] if r["stage"] == "extract")

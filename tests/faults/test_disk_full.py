@@ -131,7 +131,8 @@ def _summary_row():
         recomputed = len(set(o.failed_started) & set(o.resumed))
         clear = "clear error" if checks.get("clear") else "raw traceback (fix pending)"
         report(Row(f"disk full during extraction ({way})", 1, 1, lost, recomputed, BATCH, all(checks.values()),
-                   f"{int(o.after_fail['done'].sum())} clips kept, {len(o.resumed)} resumed; {clear}"))
+                   f"kept {int(o.after_fail['done'].sum())}, resumed {len(o.resumed)}; {clear}",
+                   f"{way}: the failing run said: {' '.join(o.message.split())[-300:]}"))
 
 
 def _report(way: str, check: str, ok: bool, o: Outcome) -> None:

@@ -26,15 +26,16 @@ from tests.faults._harness import (BATCH, FAULT_CLIPS, Row, differing_clips, ext
 CI_KILLS = 3
 
 
-def kill_sequence(ref, seed: int, kills: int, name: str) -> dict:
-    """Kill `kills` extraction runs of one cache in turn, then finish it; returns the counts."""
+def kill_sequence(ref, seed: int, kills: int, name: str, extra: tuple[str, ...] = ()) -> dict:
+    """Kill `kills` extraction runs of one cache in turn, then finish it; returns the counts. `extra`:
+    more --set overrides (knobs only, e.g. extract.workers=1, so the store is the reference's)."""
     from stages import extract
 
     demo = ref.demo
     cache = demo.cache(name)
     logs = demo.work / f"{name}_logs"
     logs.mkdir(exist_ok=True)
-    cfg = demo.cfg(cache)
+    cfg = demo.cfg(cache, *extra)
     store = store_path(cfg)  # also writes the manifest, as the child's plan() would
     rng = np.random.default_rng(seed)
 
@@ -44,7 +45,7 @@ def kill_sequence(ref, seed: int, kills: int, name: str) -> dict:
         before = read_done(store)
         n_before = 0 if before is None else int(before.sum())
         log = logs / f"run{k}.log"
-        child = spawn(extract_command(demo, cache), out=logs / f"run{k}.out", log=log)
+        child = spawn(extract_command(demo, cache, *extra), out=logs / f"run{k}.out", log=log)
         if rng.random() < 0.2 or n_before >= FAULT_CLIPS - 1:
             delay = float(rng.uniform(0.5, 6.0))  # somewhere in start-up, or early in the loop
             wait_for(lambda: child.poll() is not None, timeout=delay)
@@ -64,7 +65,7 @@ def kill_sequence(ref, seed: int, kills: int, name: str) -> dict:
         if before is not None:
             lost_here = np.flatnonzero(before & ~after)
             assert not len(lost_here), f"run {k} cleared done flags of finished clips {lost_here.tolist()}"
-        if after is not None:
+        if after is not None and hit:
             done_at_kill.append(after.copy())
         run_logs.append(read_log(log))
 
@@ -89,6 +90,7 @@ def kill_sequence(ref, seed: int, kills: int, name: str) -> dict:
         "landed": landed, "moments": moments, "recomputed": recomputed, "redone": redone, "lost": lost,
         "diffs": diffs, "finished": finished, "record": rec, "final_before": n_before,
         "final_computed": len(set(run_logs[-1].started)), "in_flight": BATCH * landed,
+        "done_at_kills": [int(d.sum()) for d in done_at_kill],
     }
 
 
@@ -111,24 +113,31 @@ def run_kill_trials(ref, n_trials: int, seed: int = 8) -> Row:
     """`n_trials` kills over sequences of up to 3 kills each (each sequence ends with a full resume)."""
     rng = np.random.default_rng(seed)
     totals = Counter()
-    notes, failures = [], []
+    notes, failures, done_at_kills = [], [], []
     left, seq = n_trials, 0
     while left > 0:
         kills = min(left, int(rng.integers(1, 4)))
-        res = kill_sequence(ref, seed=int(rng.integers(1 << 30)), kills=kills, name=f"kill_seq{seq}")
+        # full runs: every third sequence decodes in a worker pool (the pool dies with the group)
+        extra = ("extract.workers=1",) if n_trials > CI_KILLS and seq % 3 == 1 else ()
+        res = kill_sequence(ref, seed=int(rng.integers(1 << 30)), kills=kills, name=f"kill_seq{seq}", extra=extra)
         try:
             check_sequence(res)
         except AssertionError as e:
             failures.append(f"sequence {seq} ({', '.join(res['moments'])}): {e}")
         totals.update(trials=kills, landed=res["landed"], lost=len(res["lost"]), recomputed=res["recomputed"],
                       in_flight=res["in_flight"])
-        notes.append("/".join(res["moments"]))
+        notes.append("/".join(res["moments"]) + (" (workers=1)" if extra else ""))
+        done_at_kills += res["done_at_kills"]
         left -= kills
         seq += 1
     row = Row("kill -9 during extraction", totals["trials"], totals["landed"], totals["lost"], totals["recomputed"],
-              totals["in_flight"], not failures, "; ".join(failures) or f"moments: {', '.join(notes)}")
+              totals["in_flight"], not failures,
+              f"{seq} resume sequences; store == uninterrupted run" if not failures else f"{len(failures)} failed",
+              "; ".join(failures) or f"kill moments per sequence: {', '.join(notes)}")
     report(row)
     assert not failures, "\n".join(failures)
+    # at least one kill must leave finished clips behind it, or "nothing finished recomputed" tests nothing
+    assert any(0 < d < FAULT_CLIPS for d in done_at_kills), f"no kill landed mid-run (done at kills: {done_at_kills})"
     return row
 
 

@@ -101,6 +101,8 @@ def test_kill_during_training_resumes_to_same_weights(fault_reference, uninterru
     landed = sum(r["landed"] for r in rows)
     # an epoch lost mid-way is the training analogue of clips in flight: recomputed = epochs rerun
     report(Row("kill -9 during training", n, landed, 0, landed, landed, not failures and landed > 0,
-               "; ".join(failures) or "weights equal bit for bit; kills at " + ", ".join(r["moment"] for r in rows)))
+               "final weights + optimizer equal bit for bit" if not failures else f"{len(failures)} failed",
+               "; ".join(failures) or "kills at (epochs checkpointed + delay): " + ", ".join(r["moment"] for r in rows)
+               + "; 'recomputed' counts the epochs cut short"))
     assert not failures, "\n".join(failures)
     assert landed, "no kill landed between the first checkpoint and the end: the trial tested nothing"

@@ -24,6 +24,7 @@ def _summary_row():
     yield
     if _rows:
         report(Row("two writers on one store", len(_rows), len(_rows), 0, 0, 0, all(v for _, v in _rows),
+                   "second writer refused (lock), store intact" if all(v for _, v in _rows) else "FAILED",
                    ", ".join(f"{n}: {'refused' if v else 'FAILED'}" for n, v in _rows)))
 
 

@@ -176,3 +176,17 @@ def test_emotion_accuracy_counts_only_known():
     acc, n = scoring.emotion_accuracy({"a": 1, "b": 2, "c": None, "d": -1}, {"a": 1, "b": 0, "c": 3, "d": 4})
     assert (acc, n) == (0.5, 2)
     assert scoring.emotion_accuracy({"a": None}, {"a": 1}) == (None, 0)
+
+
+def test_simple_tokenize_matches_ptb_on_captions(formats_dir):
+    """The JVM-free tokenizer used for per-epoch validation agrees with the PTB tokenizer on real captions."""
+    if not java_available():
+        pytest.skip("java not on PATH")
+    from pipeline.scoring import ptb_tokenize, simple_tokenize
+
+    lines = (formats_dir / "EmVidCap-L_EmVideo_test_captions.head.csv").read_text().splitlines()[1:]
+    sents = [l.split("\t", 1)[1] for l in lines if "\t" in l]
+    sents += ["a woman smiles at the camera. the raised lip corners and the wide eyes.",
+              "A man talks to the other side of his head. The frown, the wrinkled nose and the slightly open mouth.",
+              "He doesn't smile; she's angry!", "a man turns his head and frowns."]
+    assert simple_tokenize(sents) == ptb_tokenize(sents)
