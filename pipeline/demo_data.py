@@ -477,8 +477,9 @@ def render_clip(spec: ClipSpec, seed: int, frames: int, size: int) -> np.ndarray
     return np.stack([render_frame(spec, t, size, rng, tex) for t in range(frames)])
 
 
-def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
-    """Encode (T, H, W, 3) uint8 RGB as H.264 yuv420p mp4, via a temp file renamed into place."""
+def write_mp4(path: Path, video: np.ndarray, fps: int, out_size: int | None = None) -> None:
+    """Encode (T, H, W, 3) uint8 RGB as H.264 yuv420p mp4, via a temp file renamed into place; with
+    `out_size`, each frame is scaled (bilinear, swscale) to out_size x out_size first."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -487,12 +488,16 @@ def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
     try:
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height = video.shape[2], video.shape[1]
+            width, height = (out_size, out_size) if out_size else (video.shape[2], video.shape[1])
+            stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
             stream.codec_context.thread_count = 1  # deterministic, and the pool already uses the cores
             stream.options = {"crf": "14", "preset": "veryfast", "threads": "1"}
             for arr in video:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+                if out_size:
+                    frame = frame.reformat(width=width, height=height, interpolation="BILINEAR")
+                for packet in stream.encode(frame):
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
@@ -503,8 +508,8 @@ def write_mp4(path: Path, video: np.ndarray, fps: int) -> None:
 
 
 def _make_clip(args: tuple) -> str:
-    spec, seed, frames, size, fps, video_path = args
-    write_mp4(Path(video_path), render_clip(spec, seed, frames, size), fps)
+    spec, seed, frames, size, fps, video_size, video_path = args
+    write_mp4(Path(video_path), render_clip(spec, seed, frames, size), fps, out_size=video_size)
     return spec.clip_id
 
 
@@ -534,9 +539,10 @@ def generate(
     n_clips: int = 240,
     seed: int = 0,
     *,
-    frames: int = 24,
+    frames: int = 40,
     size: int = 96,
-    fps: int = 12,
+    fps: int = 20,
+    video_size: int | None = None,
     workers: int | None = None,
     progress: bool = False,
 ) -> Path:
@@ -554,7 +560,10 @@ def generate(
     if size < 32 or size % 2:
         raise UserError(f"demo data: size must be even and >= 32 (H.264 yuv420p), got {size}")
     ann_path = root / "annotations.jsonl"
-    params = {"generator_version": GENERATOR_VERSION, "n_clips": n_clips, "seed": seed, "frames": frames, "size": size, "fps": fps}
+    if video_size is not None and (video_size < size or video_size % 2):
+        raise UserError(f"demo data: video_size must be even and >= size ({size}), got {video_size}")
+    params = {"generator_version": GENERATOR_VERSION, "n_clips": n_clips, "seed": seed, "frames": frames, "size": size,
+              "fps": fps, "video_size": video_size}
     meta_path = root / "demo.json"
     if ann_path.exists() and meta_path.exists():
         try:
@@ -566,7 +575,7 @@ def generate(
 
     ann_path.unlink(missing_ok=True)  # a crash below must not leave old annotations over new videos
     specs = build_specs(n_clips, seed, frames)
-    jobs = [(s, seed, frames, size, fps, str(root / "videos" / f"{s.clip_id}.mp4")) for s in specs]
+    jobs = [(s, seed, frames, size, fps, video_size, str(root / "videos" / f"{s.clip_id}.mp4")) for s in specs]
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if n_clips >= 48 else 1
     bar = None

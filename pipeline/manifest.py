@@ -207,7 +207,8 @@ def ensure_manifest(cfg: Config) -> str:
         if missing or (Path(cfg.data.root) / "demo.json").exists():
             # a generator-made folder: returns at once when it holds this seed and clip count,
             # regenerates when data.demo_clips or data.demo_seed changed
-            generate(Path(cfg.data.root), n_clips=cfg.data.demo_clips, seed=cfg.data.demo_seed)
+            generate(Path(cfg.data.root), n_clips=cfg.data.demo_clips, seed=cfg.data.demo_seed,
+                     video_size=cfg.data.demo_video_size)
 
     notes: list[str] = []
     clips = build_manifest(cfg, notes)  # validates everything before anything is written

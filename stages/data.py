@@ -38,5 +38,6 @@ def demo_data_command(
 
     cfg = resolve_config(preset, set)
     root = Path(out or cfg.data.root)
-    ann = generate(root, n_clips=clips or cfg.data.demo_clips, seed=cfg.data.demo_seed if seed is None else seed)
+    ann = generate(root, n_clips=clips or cfg.data.demo_clips, seed=cfg.data.demo_seed if seed is None else seed,
+                   video_size=cfg.data.demo_video_size)
     console.print(f"[green]demo dataset[/] written: {ann}")

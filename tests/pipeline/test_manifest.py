@@ -206,7 +206,7 @@ def test_ensure_manifest_keeps_old_manifest_when_annotations_break(demo_cfg):
 def test_ensure_manifest_generates_demo_data_when_absent(tmp_path, monkeypatch):
     calls = []
 
-    def fake_generate(root: Path, n_clips: int, seed: int) -> Path:
+    def fake_generate(root: Path, n_clips: int, seed: int, video_size: int | None = None) -> Path:
         calls.append((Path(root), n_clips, seed))
         touch_videos(Path(root) / "videos", [f"clip{i:02d}.mp4" for i in range(n_clips)])
         return write(Path(root) / "annotations.jsonl", _demo_rows(n_clips))

@@ -79,10 +79,11 @@ def fakes(monkeypatch):
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory) -> Path:
     """A small demo dataset shared by this module's tests (read-only; each test has its own cache)."""
+    from pipeline.config import DataConfig
     from pipeline.demo_data import generate
 
     root = tmp_path_factory.mktemp("chain_demo_data")
-    generate(root, n_clips=8, seed=0)
+    generate(root, n_clips=8, seed=0, video_size=DataConfig().demo_video_size)  # as ensure_manifest asks
     return root
 
 
