@@ -21,7 +21,7 @@ from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, file_sha256, read_record, write_record
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
-VERSION = "1"
+VERSION = "2"
 """Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema)."""
 
 SEED = 0

@@ -88,18 +88,17 @@ STATUS_SPEC = ("`ecpa status` trusts stage.json alone - fix pending in stages/ch
 STATUS_VERIFY_SPEC = ("`ecpa status --verify` does not exist - fix pending in stages/chain.py:status_command "
                       "(read every done clip's chunks, checksums on)")
 
-GARBAGE = ("blosc decodes a damaged chunk into garbage without an error (no checksum): training reads it as valid "
-           "and dies later on NaN in pipeline/losses.py - " + VERIFY_SPEC)
 ZEROS = ("zarr reads a missing chunk as its fill value: training runs on zeros without a word - fix pending in "
          "pipeline/train_data.py (check that every done clip's chunks exist)")
 RAW = ("a damaged done chunk raises zstd's RuntimeError (a traceback) - fix pending in pipeline/train_data.py and "
        "stages/extract.py (read done per clip; an unreadable flag = not done, named)")
 
 DAMAGES = [
-    Damage("chunk truncated", _truncate_chunk, {"status": STATUS_VERIFY_SPEC, "train": GARBAGE, "repair": VERIFY_SPEC},
+    # training: crc32c on every chunk (pipeline/store.py) + pipeline/train_data.py name the damaged clips
+    Damage("chunk truncated", _truncate_chunk, {"status": STATUS_VERIFY_SPEC, "repair": VERIFY_SPEC},
            status=("status", "--json", "--verify")),
-    Damage("chunk bytes flipped", _flip_chunk, {"status": STATUS_VERIFY_SPEC, "train": GARBAGE,
-                                                "repair": VERIFY_SPEC}, status=("status", "--json", "--verify")),
+    Damage("chunk bytes flipped", _flip_chunk, {"status": STATUS_VERIFY_SPEC, "repair": VERIFY_SPEC},
+           status=("status", "--json", "--verify")),
     Damage("chunk file deleted", _delete_chunk, {"status": STATUS_SPEC, "train": ZEROS, "repair": VERIFY_SPEC}),
     Damage("done flag damaged", _damage_done_flag, {"status": STATUS_SPEC, "train": RAW, "repair": VERIFY_SPEC}),
     Damage("stage.json truncated", _truncate_record, {}, repair=("extract",)),

@@ -26,9 +26,35 @@ from tests.faults._harness import (BATCH, FAULT_CLIPS, Row, differing_clips, ext
 CI_KILLS = 3
 
 
-def kill_sequence(ref, seed: int, kills: int, name: str, extra: tuple[str, ...] = ()) -> dict:
+def _seconds_per_clip(ref) -> float:
+    """The reference run's loop time per clip: kill delays scale with it (a fast machine finishes a
+    12-clip run in a second, a loaded one in a minute)."""
+    timings = ref.record.get("timings", {})
+    return max(float(timings.get("loop_s", 1.0)) / FAULT_CLIPS, 0.01)
+
+
+def _wait_for_clips(child, log, target: int) -> float:
+    """Wait until the child has finished `target` clips (or exited); returns the last gap seen between
+    two finished-clip lines (seconds), the pace the kill delay scales with."""
+    last_n, last_t, gap = 0, time.monotonic(), 0.0
+    while child.poll() is None:
+        n = len(read_log(log).finished)
+        if n != last_n:
+            now = time.monotonic()
+            if last_n:
+                gap = (now - last_t) / (n - last_n)
+            last_n, last_t = n, now
+        if n >= target:
+            break
+        time.sleep(0.005)
+    return gap
+
+
+def kill_sequence(ref, seed: int, kills: int, name: str, extra: tuple[str, ...] = (),
+                  first_mid_run: bool = False) -> dict:
     """Kill `kills` extraction runs of one cache in turn, then finish it; returns the counts. `extra`:
-    more --set overrides (knobs only, e.g. extract.workers=1, so the store is the reference's)."""
+    more --set overrides (knobs only, e.g. extract.workers=1, so the store is the reference's).
+    `first_mid_run`: the first kill waits for a few finished clips (a kill that leaves finished work)."""
     from stages import extract
 
     demo = ref.demo
@@ -39,23 +65,28 @@ def kill_sequence(ref, seed: int, kills: int, name: str, extra: tuple[str, ...] 
     store = store_path(cfg)  # also writes the manifest, as the child's plan() would
     rng = np.random.default_rng(seed)
 
+    per_clip = _seconds_per_clip(ref)
     landed, moments, done_at_kill = 0, [], []
     run_logs = []
     for k in range(kills):
         before = read_done(store)
         n_before = 0 if before is None else int(before.sum())
+        if n_before == FAULT_CLIPS:
+            break  # an earlier run finished on its own: nothing left to interrupt in this sequence
         log = logs / f"run{k}.log"
         child = spawn(extract_command(demo, cache, *extra), out=logs / f"run{k}.out", log=log)
-        if rng.random() < 0.2 or n_before >= FAULT_CLIPS - 1:
-            delay = float(rng.uniform(0.5, 6.0))  # somewhere in start-up, or early in the loop
+        mid_run = first_mid_run and k == 0
+        if not mid_run and (rng.random() < 0.2 or n_before >= FAULT_CLIPS - 1):
+            delay = float(rng.uniform(0.2, 1.5))  # in start-up (imports, manifest, build, store creation)
             wait_for(lambda: child.poll() is not None, timeout=delay)
             moments.append(f"t+{delay:.1f}s")
         else:
-            target = int(rng.integers(0, FAULT_CLIPS - n_before))
-            extra = float(rng.uniform(0.0, 1.0))
-            wait_for(lambda: child.poll() is not None or len(read_log(log).finished) >= target, timeout=300)
-            time.sleep(extra)
-            moments.append(f"{target}clips+{extra:.2f}s")
+            left = FAULT_CLIPS - n_before
+            target = int(rng.integers(2, left - 2)) if mid_run else int(rng.integers(0, left))
+            gap = _wait_for_clips(child, log, target) or per_clip
+            lag = float(rng.uniform(0.0, 1.5)) * gap  # mid-batch, mid-write
+            time.sleep(lag)
+            moments.append(f"{target}clips+{lag:.2f}s")
         hit = child.kill()
         if not hit:
             rc = child.wait()
@@ -90,7 +121,7 @@ def kill_sequence(ref, seed: int, kills: int, name: str, extra: tuple[str, ...] 
         "landed": landed, "moments": moments, "recomputed": recomputed, "redone": redone, "lost": lost,
         "diffs": diffs, "finished": finished, "record": rec, "final_before": n_before,
         "final_computed": len(set(run_logs[-1].started)), "in_flight": BATCH * landed,
-        "done_at_kills": [int(d.sum()) for d in done_at_kill],
+        "done_at_kills": [int(d.sum()) for d in done_at_kill], "kills": len(run_logs) - 1,
     }
 
 
@@ -104,6 +135,9 @@ def check_sequence(res: dict) -> None:
         f"{res['recomputed']} clips computed twice, more than the {res['in_flight']} in flight at the kills")
     counts = res["record"]["counts"]
     assert counts["done"] == FAULT_CLIPS and counts["failed"] == 0
+    if "summary" not in res["record"]:  # the final run found the record fresh and reused it
+        assert res["final_before"] == FAULT_CLIPS and res["final_computed"] == 0
+        return
     # the final run's own record agrees with what it was seen to write
     assert counts["skipped"] == res["final_before"]
     assert counts["extracted"] == res["final_computed"] == FAULT_CLIPS - res["final_before"]
@@ -119,16 +153,17 @@ def run_kill_trials(ref, n_trials: int, seed: int = 8) -> Row:
         kills = min(left, int(rng.integers(1, 4)))
         # full runs: every third sequence decodes in a worker pool (the pool dies with the group)
         extra = ("extract.workers=1",) if n_trials > CI_KILLS and seq % 3 == 1 else ()
-        res = kill_sequence(ref, seed=int(rng.integers(1 << 30)), kills=kills, name=f"kill_seq{seq}", extra=extra)
+        res = kill_sequence(ref, seed=int(rng.integers(1 << 30)), kills=kills, name=f"kill_seq{seq}", extra=extra,
+                            first_mid_run=seq == 0)
         try:
             check_sequence(res)
         except AssertionError as e:
             failures.append(f"sequence {seq} ({', '.join(res['moments'])}): {e}")
-        totals.update(trials=kills, landed=res["landed"], lost=len(res["lost"]), recomputed=res["recomputed"],
+        totals.update(trials=res["kills"], landed=res["landed"], lost=len(res["lost"]), recomputed=res["recomputed"],
                       in_flight=res["in_flight"])
         notes.append("/".join(res["moments"]) + (" (workers=1)" if extra else ""))
         done_at_kills += res["done_at_kills"]
-        left -= kills
+        left -= max(res["kills"], 1)
         seq += 1
     row = Row("kill -9 during extraction", totals["trials"], totals["landed"], totals["lost"], totals["recomputed"],
               totals["in_flight"], not failures,
