@@ -44,7 +44,7 @@ from pipeline.records import atomic_write_text
 from pipeline.store import StoreShapes
 from pipeline.tokenizer import TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, load_tokenizer
 from pipeline.train_data import (
-    CaptionPairs, Clips, EpochSampler, FeatureSource, collate, match_clips, open_checked_store, store_bytes,
+    CaptionPairs, Clips, EpochSampler, FeatureSource, collate, match_clips, open_checked_store, plan_loading,
 )
 
 CKPT_DIR = "checkpoints"
@@ -355,9 +355,13 @@ def train(
     val_refs, skipped_val = match_clips(group, store_path, clips, ("val",))
     if not train_refs:
         raise CacheMismatchError(f"{store_path}: no extracted training clips (of {len(clips)} manifest clips)")
-    n_store = int(group["clip_id"].shape[0])
-    in_memory = store_bytes(shapes, n_store) <= tc.ram_cache_gb * 2**30
-    source = FeatureSource(store_path, [r.row for r in train_refs + val_refs], in_memory=in_memory)
+    rows_used = [r.row for r in train_refs + val_refs]
+    load = plan_loading(shapes, rows_used, tc.ram_cache_gb, tc.num_workers)  # RAM if the used rows fit
+    if load.note and is_main:
+        from stages._common import console
+
+        console.print(f"[yellow]note:[/] {load.note}", highlight=False)
+    source = FeatureSource(store_path, rows_used, in_memory=load.in_memory)
 
     # ---- tokenizer: reloaded from the run when resuming, else built (rank 0) and saved with the run ----
     tok_path = run_dir / TOKENIZER_FILE
@@ -373,9 +377,9 @@ def train(
     train_set = CaptionPairs(train_refs, source, tokenizer, mc.max_caption_len)
     sampler = EpochSampler(len(train_set), tc.seed, rank, world)
     pad = tokenizer.pad_id
-    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler, num_workers=tc.num_workers,
+    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler,
                         collate_fn=functools.partial(collate, pad_id=pad), drop_last=False,
-                        persistent_workers=tc.num_workers > 0, pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", **load.loader_kwargs())
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * tc.epochs
     optimizer = make_optimizer(model, tc.lr, tc.weight_decay)
@@ -499,7 +503,7 @@ def train(
     return {
         "epochs_run": len(epoch_times), "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch,
         "train_clips": len(train_refs), "train_pairs": len(train_set), "val_clips": len(val_refs),
-        "skipped_clips": skipped_train + skipped_val, "in_memory": in_memory, "world_size": world,
+        "skipped_clips": skipped_train + skipped_val, "in_memory": load.in_memory, "loader_workers": load.num_workers, "world_size": world,
         "device": str(device), "best": best, "last_val": last_scores, "params": sum(p.numel() for p in model.parameters()),
         "train_s": time.time() - t_start,
         "steps_per_s": (steps_per_epoch * len(epoch_times) / sum(epoch_times)) if epoch_times else None,
