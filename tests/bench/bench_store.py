@@ -1,12 +1,15 @@
-"""Benchmark: the stage-one feature store (Zarr v3, pipeline.store) against the two layouts other video
-captioning projects ship: one .npy file per clip (and per array), and one HDF5 file (one chunked dataset
-per array, one clip per chunk, uncompressed, as h5py writes it by default).
+"""Benchmark: the stage-one feature store as shipped (pipeline.store: Zarr v3, one clip per chunk, no
+compression, a CRC32C checksum appended to every chunk: codecs bytes + crc32c) against the two layouts other
+video captioning projects ship: one .npy file per clip (and per array), and one HDF5 file (one chunked
+dataset per array, one clip per chunk, uncompressed, no checksum, as h5py writes it by default).
 
 The same random MAFW-shaped clips (784x1024 f16 tokens plus the ER/AU/face arrays) are written in each
 layout, then every clip is read once in a random order: first "cold-ish" (files fsynced and their pages
 dropped from the page cache with POSIX_FADV_DONTNEED; a VM's host may still cache them), then warm.
-Figures per layout: read MB/s (uncompressed bytes delivered / seconds), write seconds, files created,
-bytes on disk. A Zarr store without a compressor is measured too, to separate the codec from the format.
+The Zarr store is read the way stage two reads it: pipeline.train_data.ClipReader (chunk files read
+directly, checksum verified); the same store read through the zarr API (the path remote stores take) is a
+diagnostic. Figures per layout: read MB/s (uncompressed bytes delivered / seconds), write seconds, files
+created, bytes on disk.
 
     .venv/bin/python -m tests.bench.bench_store [--clips 48] [--small] [--dir /tmp/x]
 """
@@ -23,9 +26,10 @@ import numpy as np
 from pipeline.store import StoreShapes, create_store
 from tests.bench._util import MAFW_SHAPES, SMALL_SHAPES, clip_bytes, random_clip, sync_and_drop, tree_stats
 
-LAYOUTS = ("zarr", "zarr_raw", "npy", "hdf5")
-"""zarr: pipeline.store (Blosc lz4); zarr_raw: same layout, no compressor; npy: one file per clip and array;
-hdf5: one file, one dataset per array chunked by clip."""
+LAYOUTS = ("zarr", "zarr_api", "npy", "hdf5")
+"""zarr: pipeline.store as shipped (bytes + crc32c), read by ClipReader as stage two does; zarr_api: the same
+store read through the zarr API (diagnostic: the remote-store path); npy: one file per clip and array; hdf5:
+one file, one dataset per array chunked by clip."""
 
 
 # ---------------------------------------------------------------- writers: (root, ids, clips) -> path
@@ -38,20 +42,6 @@ def _write_zarr(root: Path, ids: list[str], clips: list[dict], shapes: StoreShap
         for name, a in clip.items():
             arrays[name][i] = a
         done[i] = True
-    return path
-
-
-def _write_zarr_raw(root: Path, ids: list[str], clips: list[dict], shapes: StoreShapes) -> Path:
-    import zarr
-
-    path = root / "raw.zarr"
-    g = zarr.open_group(str(path), mode="w")
-    n = len(ids)
-    arrays = {name: g.create_array(name, shape=(n, *s), chunks=(1, *s), dtype=d, compressors=None)
-              for name, (s, d) in shapes.arrays().items()}
-    for i, clip in enumerate(clips):
-        for name, a in clip.items():
-            arrays[name][i] = a
     return path
 
 
@@ -81,6 +71,21 @@ def _write_hdf5(root: Path, ids: list[str], clips: list[dict], shapes: StoreShap
 
 # ---------------------------------------------------------------- readers: read each clip in `order`
 def _read_zarr(path: Path, order: list[int], ids: list[str], names: list[str]) -> int:
+    """As stage two reads: ClipReader, array handles opened once, chunk files read directly (CRC32C checked)."""
+    from pipeline.train_data import ClipReader
+
+    reader = ClipReader(path, {n: n for n in names})
+    if set(reader.paths().values()) != {"direct"}:
+        raise AssertionError(f"ClipReader does not read this store directly: {reader.paths()}")
+    total = 0
+    for i in order:
+        for a in reader.read(i).values():
+            total += a.nbytes
+    return total
+
+
+def _read_zarr_api(path: Path, order: list[int], ids: list[str], names: list[str]) -> int:
+    """Through the zarr API (zarr.open_group, one __getitem__ per clip and array)."""
     import zarr
 
     g = zarr.open_group(str(path), mode="r")
@@ -112,15 +117,26 @@ def _read_hdf5(path: Path, order: list[int], ids: list[str], names: list[str]) -
     return total
 
 
-WRITERS = {"zarr": _write_zarr, "zarr_raw": _write_zarr_raw, "npy": _write_npy, "hdf5": _write_hdf5}
-READERS = {"zarr": _read_zarr, "zarr_raw": _read_zarr, "npy": _read_npy, "hdf5": _read_hdf5}
+def _codecs(path: Path) -> list[str]:
+    """The codec chain of the store's video tokens, from its zarr.json (what 'as shipped' is)."""
+    import json
+
+    return [c["name"] for c in json.loads((path / "vid/tokens/zarr.json").read_text())["codecs"]]
+
+
+WRITERS = {"zarr": _write_zarr, "zarr_api": _write_zarr, "npy": _write_npy, "hdf5": _write_hdf5}
+READERS = {"zarr": _read_zarr, "zarr_api": _read_zarr_api, "npy": _read_npy, "hdf5": _read_hdf5}
 
 
 def _check_equal(layout: str, path: Path, ids: list[str], clips: list[dict], names: list[str]) -> None:
     """Spot-check that the layout returns the bytes written (a benchmark of a wrong reader is worthless)."""
     for i in (0, len(ids) - 1):
         got: dict[str, np.ndarray] = {}
-        if layout.startswith("zarr"):
+        if layout == "zarr":
+            from pipeline.train_data import ClipReader
+
+            got = ClipReader(path, {n: n for n in names}).read(i)
+        elif layout == "zarr_api":
             import zarr
 
             g = zarr.open_group(str(path), mode="r")
@@ -153,6 +169,8 @@ def run(n_clips: int, shapes: StoreShapes, root: Path, seed: int = 0, layouts=LA
         sync_and_drop(path)                       # also makes the next read cold-ish
         t2 = time.perf_counter()
         files, disk = tree_stats(path)
+        if layout.startswith("zarr"):
+            out["codecs"] = _codecs(path)
         read = READERS[layout]
         c0 = time.perf_counter()
         got = read(path, order, ids, names)
@@ -173,7 +191,8 @@ def run(n_clips: int, shapes: StoreShapes, root: Path, seed: int = 0, layouts=LA
 
 
 def report(res: dict) -> str:
-    lines = [f"{res['clips']} clips x {res['clip_mb']:.2f} MB = {res['data_mb']:.0f} MB, every clip read once in random order",
+    lines = [f"Zarr codecs as shipped: {' + '.join(res.get('codecs', ['?']))}",
+             f"{res['clips']} clips x {res['clip_mb']:.2f} MB = {res['data_mb']:.0f} MB, every clip read once in random order",
              f"{'layout':10s} {'cold MB/s':>10s} {'warm MB/s':>10s} {'ms/clip':>8s} {'write s':>8s} {'fsync s':>8s} "
              f"{'files':>6s} {'disk MB':>8s}"]
     for name, r in res["layouts"].items():
