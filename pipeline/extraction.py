@@ -96,7 +96,7 @@ def prepare_clip(task: ClipTask, ex: ExtractConfig) -> Prepared | Failed:
     """Decode, find faces, cut crops. Never raises for a bad clip: returns Failed with the reason."""
     t0 = time.perf_counter()
     try:
-        clip = decode_clip(task.video, ex.num_frames, ex.size, ex.crop)
+        clip = decode_clip(task.video, ex.num_frames, ex.size, ex.crop, face_size=ex.face_size)
         track = find_faces(clip, ex.face_detector, video_path=task.video)
         faces = crop_faces(clip.source, track.boxes, ex.face_size, scale=clip.scale)
     except ClipError as e:

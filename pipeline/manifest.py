@@ -10,7 +10,8 @@ the same bytes on every machine; its sha256 is the root of the extract stage key
 `pipeline.datasets` (mafw, emvidcap, msvd, msrvtt, generic; demo = generic on
 `<root>/annotations.jsonl`), then does what is common to all formats: carves a validation split
 from train when the dataset has none (by a hash of the clip id, so it never depends on random
-state or file order), and checks that every video exists (all missing ones reported together).
+state or file order), and checks that every video exists (all missing ones reported together; a
+directory named like a video is reported as one, not as missing).
 `ensure_manifest(cfg)` writes the file only when its content changed and returns its hash.
 A malformed annotation file stops everything before anything is written.
 """
@@ -144,8 +145,19 @@ def carve_val(clips: list[Clip], fraction: float) -> int:
     return n_val
 
 
+def _head(paths: list[str], show: int = 5) -> str:
+    more = f" (and {len(paths) - show} more)" if len(paths) > show else ""
+    return ", ".join(paths[:show]) + more
+
+
+def _missing_line(missing: list[str], total: int, root) -> str:
+    """MissingVideosError's message, for the missing videos reported beside the directories."""
+    return str(MissingVideosError(missing, total, root))
+
+
 def build_manifest(cfg: Config, notes: list[str] | None = None) -> list[Clip]:
-    """Read the dataset of `cfg` into clips (sorted by id). Raises AnnotationError / MissingVideosError.
+    """Read the dataset of `cfg` into clips (sorted by id). Raises AnnotationError / MissingVideosError,
+    or UserError when a video path is a directory (any missing videos are named in the same message).
 
     `notes` (when given) receives the warnings that are not errors: clips left out, videos on disk that
     no annotation names, missing videos when data.check_videos is off."""
@@ -163,10 +175,18 @@ def build_manifest(cfg: Config, notes: list[str] | None = None) -> list[Clip]:
                          f"(data.val_fraction={cfg.data.val_fraction})")
 
     videos = mod.videos_dir(cfg)
-    missing = sorted(c.video for c in clips if not os.path.isfile(c.video))
+    folders_named = sorted(c.video for c in clips if os.path.isdir(c.video))
+    missing = sorted(c.video for c in clips if not os.path.isfile(c.video) and not os.path.isdir(c.video))
+    if folders_named and cfg.data.check_videos:
+        also = f"; {_missing_line(missing, len(clips), videos)}" if missing else ""
+        raise UserError(f"{len(folders_named)} of {len(clips)} videos named in the annotations are directories, "
+                        f"not video files: {_head(folders_named)}{also}")
+    if missing and cfg.data.check_videos:
+        raise MissingVideosError(missing, len(clips), videos)
+    if folders_named:
+        notes.append(f"{len(folders_named)} of {len(clips)} videos are directories, not video files "
+                     f"(e.g. {folders_named[0]}; data.check_videos=false: extraction will record them as failed clips)")
     if missing:
-        if cfg.data.check_videos:
-            raise MissingVideosError(missing, len(clips), videos)
         notes.append(f"{len(missing)} of {len(clips)} videos are missing under {videos} "
                      "(data.check_videos=false: extraction will record them as failed clips)")
     named = {os.path.abspath(c.video) for c in clips}

@@ -71,6 +71,41 @@ def _compressors():
     return [Crc32cCodec()]
 
 
+WRITE_EMPTY_CHUNKS = {"write_empty_chunks": True}
+"""Runtime array config of every store array: zarr v3 skips a chunk that equals the fill value by default, so a
+done clip whose chunk happens to be all fill would have no chunk file, and a missing chunk file could not be told
+from a deleted one. With every chunk written, a done clip without a chunk file is damage
+(pipeline.integrity)."""
+
+
+def write_every_chunk() -> None:
+    """Make every zarr array opened from now on in this process write chunks equal to the fill value too.
+    zarr keeps `write_empty_chunks` as runtime config, not in zarr.json, so an array opened again (a resumed
+    run, `g[name]` on a reopened group) would fall back to skipping them; this sets zarr's process default.
+    Called by create_store and by open_store for writing modes."""
+    import zarr
+
+    if not zarr.config.get("array.write_empty_chunks"):
+        zarr.config.set({"array.write_empty_chunks": True})
+
+
+def schema_arrays(shapes: StoreShapes) -> dict[str, tuple[tuple[int, ...], str, Any]]:
+    """Per-clip arrays of the schema: name -> (per-clip shape, dtype, fill value); `done` first."""
+    out: dict[str, tuple[tuple[int, ...], str, Any]] = {"done": ((), "bool", False)}
+    for name, (shape, dtype) in shapes.arrays().items():
+        out[name] = (shape, dtype, np.nan if name == "face/boxes" else 0)
+    return out
+
+
+def create_schema_array(g, name: str, n: int, shapes: StoreShapes):
+    """Create (or replace) the per-clip array `name` of the schema for `n` clips, all at its fill value
+    (`done`: False). Used by create_store and by `ecpa extract --verify` to rebuild a missing array."""
+    shape, dtype, fill = schema_arrays(shapes)[name]
+    write_every_chunk()
+    return g.create_array(name, shape=(n, *shape), chunks=(1, *shape), dtype=dtype, fill_value=fill,
+                          compressors=_compressors(), config=WRITE_EMPTY_CHUNKS, overwrite=True)
+
+
 def create_store(path: Path | str, clip_ids: list[str], shapes: StoreShapes, attrs: dict[str, Any]):
     """Create an empty store for `clip_ids` (all `done=False`) and return the open group.
 
@@ -78,14 +113,13 @@ def create_store(path: Path | str, clip_ids: list[str], shapes: StoreShapes, att
     import zarr
 
     n = len(clip_ids)
+    write_every_chunk()
     g = zarr.open_group(str(path), mode="w")
     ids = g.create_array("clip_id", shape=(n,), chunks=(max(n, 1),), dtype=str)
     if n:
         ids[:] = np.array(clip_ids, dtype=object).astype(str)
-    g.create_array("done", shape=(n,), chunks=(1,), dtype=bool, fill_value=False, compressors=_compressors())
-    for name, (shape, dtype) in shapes.arrays().items():
-        g.create_array(name, shape=(n, *shape), chunks=(1, *shape), dtype=dtype,
-                       fill_value=np.nan if name == "face/boxes" else 0, compressors=_compressors())
+    for name in schema_arrays(shapes):
+        create_schema_array(g, name, n, shapes)
     g.attrs.update({**attrs, "schema_version": SCHEMA_VERSION})
     return g
 
@@ -94,6 +128,8 @@ def open_store(path: Path | str, mode: str = "r"):
     """Open an existing store; a missing or unreadable one raises CacheMismatchError naming it."""
     import zarr
 
+    if mode != "r":
+        write_every_chunk()
     try:
         return zarr.open_group(str(path), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError if hasattr(zarr.errors, "GroupNotFoundError") else FileNotFoundError) as e:

@@ -3,19 +3,26 @@
 One decode per clip feeds all three extractors (DESIGN.md, "Extractors"):
 
     indices  = sample_indices(n, T)          # T indices evenly spaced over the clip (short clips repeat)
-    source   = the T sampled frames at the file's own resolution (rotation applied)
+    source   = the T sampled frames at the file's own resolution (rotation applied), short side
+               capped at `source_cap(size, face_size)` (decoded at that size, never held larger)
     resized  = source resized so the short side is `size`     (the face detector looks at these)
     frames   = centre crop `crop` x `crop` of `resized`        (Video Swin's input)
 
-Face crops are taken by `pipeline.faces` from `source` (full resolution, before the centre crop),
-so a face near the left/right edge of a 16:9 frame survives and is not upsampled from a 224-px
-frame. Their boxes are stored in the coordinates of `frames` (the centre crop); they may reach
-beyond [0, crop] for exactly that reason.
+Face crops are taken by `pipeline.faces` from `source` (before the centre crop, at the file's
+resolution up to the cap), so a face near the left/right edge of a 16:9 frame survives and is not
+upsampled from a 224-px frame. Their boxes are stored in the coordinates of `frames` (the centre
+crop); they may reach beyond [0, crop] for exactly that reason.
+
+The cap bounds memory: 32 frames of a 4000x3000 phone video are 1.1 GB as uint8 (4.6 GB as float);
+capped at a 720-px short side they are 66 MB. Ordinary clips (up to 720p, e.g. all of MAFW) are
+below the cap and decode exactly as before; only larger ones are scaled by the decoder itself.
 
 Decoders: decord first (fast random access); where decord fails on a file, PyAV decodes it
 sequentially (`DecodedClip.decoder` says which one was used). The file is probed with PyAV first,
-which gives readable reasons (no video stream, not a video) and the rotation (display matrix),
-which decord ignores; rotation by a multiple of 90 degrees is applied to the frames.
+which gives readable reasons (no video stream, not a video, a still image) and the rotation
+(display matrix). decord 0.6 applies the display rotation itself (and its width/height are those
+of the rotated picture); PyAV does not, so rotation by a multiple of 90 degrees is applied to
+PyAV's frames only.
 
 References: SwinBERT (Lin et al. 2022) samples `np.linspace(0, n-1, T)` frame indices, resizes the
 short side and centre-crops; that is what `sample_indices` / `decode_clip` do.
@@ -46,7 +53,8 @@ class DecodedClip:
     resized: np.ndarray
     """(T, H', W', 3) uint8: sampled frames with the short side resized to `size` (face detection)."""
     source: np.ndarray
-    """(T, H, W, 3) uint8: sampled frames at the file's resolution, rotation applied (face crops)."""
+    """(T, H, W, 3) uint8: sampled frames at the file's resolution (short side capped, see
+    `source_cap`), rotation applied (face crops)."""
     crop_offset: tuple[int, int]
     """(x0, y0) of the centre crop inside `resized`."""
     indices: np.ndarray
@@ -56,7 +64,8 @@ class DecodedClip:
     decoder: str
     """'decord' or 'pyav'."""
     rotation: int = 0
-    """Clockwise rotation (degrees) applied from the file's display matrix."""
+    """Rotation (degrees, counter-clockwise as FFmpeg reports it: 270 = a quarter turn clockwise) of the
+    file's display matrix, applied to the frames (by decord itself, or by `_rotate` for PyAV)."""
     notes: list[str] = field(default_factory=list)
     """Why a fallback was used (e.g. decord's error), for the run's log."""
 
@@ -83,8 +92,45 @@ def even_subset(n: int, k: int) -> np.ndarray:
 
 # ---- probing --------------------------------------------------------------------------------------
 
-def _probe(path: Path) -> tuple[int, int]:
-    """Check the file with PyAV; return (frame count from the header or 0, rotation in degrees).
+MIN_SOURCE_CAP = 720
+"""The source short side is never capped below this (ordinary clips up to 720p keep their resolution)."""
+
+
+def source_cap(size: int, face_size: int | None = None) -> int:
+    """Largest short side `source` is decoded at: twice the larger of the resized short side and the
+    face crop size (a face filling half the frame is still cropped without upsampling), and never
+    below MIN_SOURCE_CAP."""
+    return max(MIN_SOURCE_CAP, 2 * max(size, face_size or 0))
+
+
+def capped_hw(h: int, w: int, cap: int) -> tuple[int, int] | None:
+    """(h, w) with the short side scaled down to `cap` (aspect kept), None when min(h, w) <= cap."""
+    short = min(h, w)
+    if short <= cap:
+        return None
+    if h <= w:
+        return cap, max(1, int(round(w * cap / h)))
+    return max(1, int(round(h * cap / w))), cap
+
+
+IMAGE_DEMUXERS = ("image2", "image2pipe")
+"""FFmpeg demuxers of still images (besides the '*_pipe' ones: png_pipe, jpeg_pipe, webp_pipe ...)."""
+
+
+@dataclass
+class _Probe:
+    header_frames: int
+    """Frame count from the header, 0 when unknown."""
+    rotation: int
+    """Display rotation in degrees (counter-clockwise, [0, 360))."""
+    height: int
+    """Coded (not rotated) frame height."""
+    width: int
+    """Coded (not rotated) frame width."""
+
+
+def _probe(path: Path) -> _Probe:
+    """Check the file with PyAV; return its header frame count, rotation and coded frame size.
     Raises ClipError with a readable reason."""
     import av
 
@@ -105,6 +151,11 @@ def _probe(path: Path) -> tuple[int, int]:
     except (av.error.FFmpegError, OSError) as e:
         raise ClipError(f"cannot open video ({e}): {path}") from None
     with container:
+        fmt = container.format.name
+        if fmt.endswith("_pipe") or fmt in IMAGE_DEMUXERS:
+            raise ClipError(f"not a video file: FFmpeg reads it as a still image ({container.format.long_name}): {path}")
+        if not container.streams:
+            raise ClipError(f"truncated or damaged video: no stream could be read (the file ends inside its index?): {path}")
         if not container.streams.video:
             kinds = ", ".join(s.type for s in container.streams) or "no streams"
             raise ClipError(f"no video stream in the file (found: {kinds}): {path}")
@@ -118,7 +169,7 @@ def _probe(path: Path) -> tuple[int, int]:
         if frame is None:
             raise ClipError(f"the video stream holds no frames: {path}")
         rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
-    return n, rotation
+        return _Probe(n, rotation, int(frame.height), int(frame.width))
 
 
 def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
@@ -130,11 +181,15 @@ def _rotate(frames: np.ndarray, rotation: int) -> np.ndarray:
 
 # ---- decoders -------------------------------------------------------------------------------------
 
-def _decode_decord(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray, int]:
+def _decode_decord(path: Path, num_frames: int, out_hw: tuple[int, int] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """decord's frames come out rotated by the display matrix already; `out_hw` (the size to decode
+    at, None = the file's) is that of the rotated picture."""
     import decord
 
+    h, w = out_hw if out_hw is not None else (-1, -1)
     try:
-        vr = decord.VideoReader(str(path), num_threads=1)
+        vr = decord.VideoReader(str(path), num_threads=1, width=w, height=h)
         n = len(vr)
         if n < 1:
             raise ClipError(f"decord found no frames in {path}")
@@ -146,8 +201,11 @@ def _decode_decord(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray,
     return batch[inverse], idx, n
 
 
-def _decode_pyav(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sequential decode of the whole first video stream (robust where seeking is not)."""
+def _decode_pyav(path: Path, num_frames: int, out_hw: tuple[int, int] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sequential decode of the whole first video stream (robust where seeking is not). Frames are NOT
+    rotated; `out_hw` (None = the file's size) is the coded (unrotated) size to keep them at: each frame
+    is scaled as it is decoded, so a large video never holds more than one full-size frame."""
     import av
 
     frames = []
@@ -156,6 +214,8 @@ def _decode_pyav(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray, i
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
+                if out_hw is not None:
+                    frame = frame.reformat(width=out_hw[1], height=out_hw[0])
                 frames.append(frame)
     except (av.error.FFmpegError, OSError) as e:
         if not frames:
@@ -178,7 +238,8 @@ _decode_pyav.last_note = ""
 
 
 def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> short side `size` (bilinear, antialiased), uint8."""
+    """(T, H, W, 3) uint8 -> short side `size` (bilinear, antialiased), uint8. Frame by frame, so only
+    one frame at a time is ever converted to float."""
     import torch
     import torch.nn.functional as F
 
@@ -189,9 +250,12 @@ def resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
         nh, nw = size, max(1, int(round(w * size / h)))
     else:
         nh, nw = max(1, int(round(h * size / w))), size
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
-    y = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+    out = np.empty((t, nh, nw, 3), dtype=np.uint8)
+    for i in range(t):
+        x = torch.from_numpy(frames[i]).permute(2, 0, 1)[None].float()
+        y = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        out[i] = y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    return out
 
 
 def centre_crop_offset(h: int, w: int, crop: int) -> tuple[int, int]:
@@ -199,20 +263,32 @@ def centre_crop_offset(h: int, w: int, crop: int) -> tuple[int, int]:
     return (w - crop) // 2, (h - crop) // 2
 
 
-def decode_clip(path: str | os.PathLike, num_frames: int, size: int, crop: int, decoder: str = "auto") -> DecodedClip:
+def decode_clip(path: str | os.PathLike, num_frames: int, size: int, crop: int, decoder: str = "auto",
+                face_size: int | None = None) -> DecodedClip:
     """Decode `num_frames` uniformly sampled frames of a clip (see the module docstring).
 
     decoder: 'auto' (decord, PyAV where decord fails), 'decord' or 'pyav' (one of them only).
+    face_size: the face crop size taken from `source` (extract.face_size); with `size` it sets the
+    cap on the source resolution (`source_cap`).
     Raises ClipError with a readable reason for missing, empty, truncated or non-video files."""
     if crop > size:
         raise ValueError(f"crop ({crop}) must not exceed the resized short side ({size})")
+    if decoder not in ("auto", "decord", "pyav"):
+        raise ValueError(f"unknown decoder {decoder!r} (auto, decord or pyav)")
     path = Path(path)
-    header_frames, rotation = _probe(path)
+    probe = _probe(path)
+    header_frames, rotation = probe.header_frames, probe.rotation
+    coded_hw = capped_hw(probe.height, probe.width, source_cap(size, face_size))
+    quarter_turn = int(round(rotation / 90.0)) % 2 == 1
+    shown_hw = coded_hw[::-1] if coded_hw is not None and quarter_turn else coded_hw
     notes: list[str] = []
+    if coded_hw is not None:
+        notes.append(f"decoded at {coded_hw[1]}x{coded_hw[0]} instead of {probe.width}x{probe.height} "
+                     f"(source short side capped at {source_cap(size, face_size)})")
     used = decoder
     if decoder in ("auto", "decord"):
         try:
-            source, idx, n = _decode_decord(path, num_frames)
+            source, idx, n = _decode_decord(path, num_frames, shown_hw)
             used = "decord"
         except (RuntimeError, ClipError) as e:
             if decoder == "decord":
@@ -221,14 +297,12 @@ def decode_clip(path: str | os.PathLike, num_frames: int, size: int, crop: int, 
             used = "pyav"
     if used == "pyav":
         _decode_pyav.last_note = ""
-        source, idx, n = _decode_pyav(path, num_frames)
+        source, idx, n = _decode_pyav(path, num_frames, coded_hw)
         if _decode_pyav.last_note:
             notes.append(_decode_pyav.last_note)
-    elif used != "decord":
-        raise ValueError(f"unknown decoder {decoder!r} (auto, decord or pyav)")
+        source = _rotate(source, rotation)  # decord rotates by itself; PyAV does not
     if header_frames and n < 0.9 * header_frames - 1:
         raise ClipError(f"truncated video: the header announces {header_frames} frames, only {n} decode: {path}")
-    source = _rotate(source, rotation)
     resized = resize_short_side(source, size)
     h, w = resized.shape[1:3]
     x0, y0 = centre_crop_offset(h, w, crop)

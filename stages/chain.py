@@ -163,6 +163,34 @@ def explain(cfg: Config, p: StagePlan) -> Why:
     return Why("stale", changes=ch, nearest=nearest)
 
 
+def store_damage(cfg: Config, p: StagePlan, full: bool = False) -> Why | None:
+    """For a fresh extract record: is the store it vouches for still intact? None when it is (or when the record
+    names no store), else a 'damaged' Why naming the clips and the repair. The cheap check stats the chunk files
+    of every done clip and reads the done flags; `full` also decodes every chunk with its checksum
+    (pipeline.integrity)."""
+    from pipeline.errors import CacheMismatchError
+    from pipeline.integrity import check_store, clip_ids_of, describe
+    from pipeline.store import open_store
+
+    rec = read_record(p.out_dir)
+    if rec is None or "store" not in (rec.get("extra") or {}):
+        return None
+    store = p.out_dir / "store.zarr"
+    where = _rel(store, cfg.cache_dir)
+    repair = "run `ecpa extract --verify` to recompute the damaged clips"
+    if not (store / "zarr.json").exists():
+        return Why("damaged", detail=f"damaged: {where} is missing although stage.json says it is complete; {repair}")
+    try:
+        g = open_store(store)
+        bad = check_store(g, store, full=full)
+    except (CacheMismatchError, OSError, ValueError, KeyError) as e:
+        return Why("damaged", detail=f"damaged: {where} cannot be read ({type(e).__name__}: {e}); {repair}")
+    if not bad:
+        return None
+    ids = clip_ids_of(g)
+    return Why("damaged", detail=f"damaged: {where}: {describe(bad, ids)}; {repair}")
+
+
 # ---- the chain -----------------------------------------------------------------------------------
 
 @dataclass
@@ -324,11 +352,15 @@ def run_command(
     console.print(f"[green]chain done[/] in {time.perf_counter() - t0:.1f}s", highlight=False)
 
 
-def chain_status(cfg: Config, upto: str = "score") -> list[dict]:
-    """One dict per stage: stage, key, short, dir, status, reason, changes."""
+def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list[dict]:
+    """One dict per stage: stage, key, short, dir, status, reason, changes. A fresh extraction's store is
+    checked too (`store_damage`: chunk files and done flags; with `verify`, every chunk's checksum), so a
+    damaged store shows as 'damaged' rather than trusting stage.json alone."""
     rows = []
     for name, p in plan(cfg, upto=upto).items():
         why = explain(cfg, p)
+        if name == "extract" and why.status == "fresh":
+            why = store_damage(cfg, p, full=verify) or why
         rows.append({
             "stage": name, "key": p.key, "short": short(p.key), "dir": str(p.out_dir), "status": why.status,
             "reason": why.text(cfg.cache_dir), "changes": why.changes,
@@ -343,9 +375,10 @@ def status_command(
     set: SetOpt = None,
     cache: CacheOpt = None,
     json_out: JsonOpt = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Read every chunk of the feature store and check its checksum (slow on a large store; without it only chunk files and done flags are checked).")] = False,
 ) -> None:
     cfg = resolve_config(preset, set, cache)
-    rows = chain_status(cfg)
+    rows = chain_status(cfg, verify=verify)
     if json_out:
         print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "stages": rows}, indent=2))
         return

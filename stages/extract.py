@@ -8,6 +8,7 @@ clips not done yet (in this process, or on dask workers) -> errors.jsonl -> reco
 """
 from __future__ import annotations
 
+import errno
 import shutil
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, file_sha256, read_record, write_record
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
-VERSION = "2"
+VERSION = "3"
 """Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema)."""
 
 SEED = 0
@@ -86,6 +87,51 @@ def _open_or_create_store(store_path: Path, ids: list[str], shapes, attrs: dict,
     return open_store(store_path, mode="r+")
 
 
+def _verify_existing(store_path: Path, out_dir: Path, ids: list[str], shapes) -> dict[int, str]:
+    """`--verify`: check every done clip of an existing store (chunk files present, checksums valid, done flags
+    readable; a missing array is recreated), then drop the record and clear the damaged clips' done flags, so
+    the run that follows extracts exactly those. Returns {row: reason}; prints the damaged clips."""
+    from pipeline.integrity import describe, verify_store
+    from pipeline.store import open_store
+
+    if not (store_path / "zarr.json").exists():
+        return {}
+    g = open_store(store_path, mode="r+")
+    bad = verify_store(g, store_path, shapes=shapes, clip_ids=ids)
+    if not bad:
+        console.print(f"[green]verify[/]: every done clip of {store_path} is intact", highlight=False)
+        return bad
+    # the record goes first: a run killed from here on leaves a partial store that resumes, never a record
+    # vouching for clips whose flags are being cleared
+    (out_dir / "stage.json").unlink(missing_ok=True)
+    done = g["done"]
+    for row in bad:
+        done[row] = False
+    console.print(f"[bold yellow]verify[/]: {describe(bad, ids, limit=len(bad))} - computing them again",
+                  highlight=False, soft_wrap=True)
+    return bad
+
+
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, *([errno.EDQUOT] if hasattr(errno, "EDQUOT") else [])}
+"""errno values of a write that failed for want of space (ENOSPC), file size limit (EFBIG) or quota (EDQUOT)."""
+
+
+def disk_full_error(e: BaseException) -> OSError | None:
+    """The disk-full OSError behind `e` (itself, a cause/context in its chain, or a member of an exception
+    group: zarr writes through asyncio, dask re-raises a worker's exception in the driver), else None."""
+    seen: set[int] = set()
+    stack = [e]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in DISK_FULL:
+            return cur
+        stack += [cur.__cause__, cur.__context__, *getattr(cur, "exceptions", ())]
+    return None
+
+
 def _progress(total: int, enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -99,15 +145,34 @@ def _progress(total: int, enabled: bool):
                     console=console, disable=not enabled, transient=False)
 
 
+def _count_done(g) -> str:
+    """Done clips of an open store, for the disk-full message ('?' when there is no store or its flags cannot
+    be read: the message must not fail in turn)."""
+    from pipeline.integrity import read_done
+
+    if g is None:
+        return "?"
+    try:
+        return str(int(read_done(g).sum()))
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        console.print(f"[yellow]could not count the done clips[/] ({type(e).__name__}: {e})", highlight=False)
+        return "?"
+
+
 def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool = False,
-        scheduler: str | None = None, workers_cluster: int | None = None, extractors=None) -> dict:
+        scheduler: str | None = None, workers_cluster: int | None = None, extractors=None,
+        verify: bool = False) -> dict:
     """Extract the features of every manifest clip into the store of this config's extract key.
 
     Resumes a partial store (done clips are skipped), records failed clips in errors.jsonl, writes
     stage.json only once every clip is done or failed. `strict`: raise UserError when any clip
     failed (after writing everything). `scheduler` (a dask address) or `workers_cluster` (a local dask
     cluster of that many processes) distribute the clips. `extractors` overrides the built bundle
-    (tests: call-counting wrappers)."""
+    (tests: call-counting wrappers). `verify`: even when the record is fresh, check every done clip of the
+    store (pipeline.integrity.verify_store) and extract again exactly the damaged ones.
+
+    A full disk (ENOSPC, EFBIG, EDQUOT) ends in a UserError saying how many clips are kept; rerunning the
+    same command resumes."""
     from pipeline.extraction import (ERRORS_NAME, ClipTask, ExtractResult, StoreLock, append_error,
                                      extract_into_store, read_errors, resolve_device, write_errors)
     from pipeline.manifest import read_manifest
@@ -115,7 +180,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     from stages.plan import plan
 
     p = plan(cfg, upto="extract")["extract"]
-    if p.status() == "fresh" and not force:
+    if p.status() == "fresh" and not force and not verify:
         return read_record(p.out_dir)
     clips = read_manifest(cfg.manifest_path)
     ids = [c.id for c in clips]
@@ -135,59 +200,82 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     errors_path = p.out_dir / ERRORS_NAME
     attrs = {"extract": p.config, "extract_key": p.key, "au_names": list(extractors.au_names),
              "emotions": list(cfg.data.emotions), "weights": dict(extractors.provenance), "stage_version": VERSION}
-    with StoreLock(p.out_dir, str(store_path)):
-        if force:
-            (p.out_dir / "stage.json").unlink(missing_ok=True)
-            errors_path.unlink(missing_ok=True)
-        g = _open_or_create_store(store_path, ids, shapes, attrs, force)
-        save_config(cfg, p.out_dir / "config.yaml")
-        done_before = np.asarray(g["done"][:], dtype=bool)
-        tasks = [ClipTask(i, c.id, c.video) for i, c in enumerate(clips) if not done_before[i]]
-        old_errors = read_errors(errors_path)
-        result = ExtractResult()
-        try:
-            if tasks and (scheduler or workers_cluster):
-                from pipeline.distributed import extract_distributed
+    g = None
+    try:
+        with StoreLock(p.out_dir, str(store_path)):
+            if force:
+                (p.out_dir / "stage.json").unlink(missing_ok=True)
+                errors_path.unlink(missing_ok=True)
+            elif verify:
+                _verify_existing(store_path, p.out_dir, ids, shapes)
+            g = _open_or_create_store(store_path, ids, shapes, attrs, force)
+            save_config(cfg, p.out_dir / "config.yaml")
+            done_before = np.asarray(g["done"][:], dtype=bool)
+            tasks = [ClipTask(i, c.id, c.video) for i, c in enumerate(clips) if not done_before[i]]
+            old_errors = read_errors(errors_path)
+            result = ExtractResult()
+            failing: BaseException | None = None
+            try:
+                if tasks and (scheduler or workers_cluster):
+                    from pipeline.distributed import extract_distributed
 
-                result = extract_distributed(str(store_path), tasks, ex, len(cfg.data.emotions), seed=SEED,
-                                             scheduler=scheduler, n_workers=workers_cluster, progress=progress)
-            elif tasks:
-                with _progress(len(ids), progress) as bar:
-                    task = bar.add_task("extract", total=len(ids), completed=int(done_before.sum()), failed=0)
-                    counts = {"failed": 0}
+                    result = extract_distributed(str(store_path), tasks, ex, len(cfg.data.emotions), seed=SEED,
+                                                 scheduler=scheduler, n_workers=workers_cluster, progress=progress)
+                elif tasks:
+                    with _progress(len(ids), progress) as bar:
+                        task = bar.add_task("extract", total=len(ids), completed=int(done_before.sum()), failed=0)
+                        counts = {"failed": 0}
 
-                    def on_clip(kind: str, n: int) -> None:
-                        if kind == "failed":
-                            counts["failed"] += n
-                        bar.update(task, advance=n, failed=counts["failed"])
+                        def on_clip(kind: str, n: int) -> None:
+                            if kind == "failed":
+                                counts["failed"] += n
+                            bar.update(task, advance=n, failed=counts["failed"])
 
-                    extract_into_store(g, tasks, extractors, ex, device, on_clip=on_clip, result=result,
-                                       on_failure=lambda f: append_error(errors_path, f))
-        finally:
-            # Even when interrupted: errors.jsonl holds every known failure of a clip that is not done.
-            done_now = np.asarray(g["done"][:], dtype=bool)
-            done_ids = {ids[i] for i in np.flatnonzero(done_now)}
-            failures = write_errors(errors_path, [*old_errors, *(f.record() for f in result.failed)], done_ids)
-        seconds = time.perf_counter() - t0
+                        extract_into_store(g, tasks, extractors, ex, device, on_clip=on_clip, result=result,
+                                           on_failure=lambda f: append_error(errors_path, f))
+            except BaseException as e:
+                failing = e
+                raise
+            finally:
+                # Even when interrupted: errors.jsonl holds every known failure of a clip that is not done.
+                # When the loop failed (a full disk, say), a failure here must not hide that error.
+                try:
+                    done_now = np.asarray(g["done"][:], dtype=bool)
+                    done_ids = {ids[i] for i in np.flatnonzero(done_now)}
+                    failures = write_errors(errors_path, [*old_errors, *(f.record() for f in result.failed)],
+                                            done_ids)
+                except (OSError, ValueError, RuntimeError) as e:
+                    if failing is None:
+                        raise
+                    console.print(f"[yellow]could not rewrite {errors_path}[/] ({type(e).__name__}: {e}); the "
+                                  "failures of this run are in it as appended lines", highlight=False)
+            seconds = time.perf_counter() - t0
 
-        n_done, n_failed = int(done_now.sum()), len(failures)
-        counts = {"clips": len(ids), "done": n_done, "failed": n_failed, "skipped": int(done_before.sum()),
-                  "extracted": result.done, "decoders": result.decoders}
-        summary = {**counts, "seconds": round(seconds, 3),
-                   "clips_per_s": round(result.done / max(result.seconds, 1e-9), 3) if result.done else 0.0}
-        if n_done + n_failed != len(ids):
-            raise RuntimeError(f"extraction ended with {len(ids) - n_done - n_failed} clips neither done nor failed")
-        rec = StageRecord(
-            stage="extract", key=p.key, version=VERSION, config=p.config, parents=p.parents,
-            timings={"total_s": round(seconds, 3), "build_s": round(t_build, 3), "loop_s": round(result.seconds, 3),
-                     "decode_s": round(result.decode_seconds, 3), "compute_s": round(result.compute_seconds, 3),
-                     "write_s": round(result.write_seconds, 3)},
-            counts=counts,
-            extra={"store": str(store_path), "errors": str(errors_path), "weights": dict(extractors.provenance),
-                   "clips_per_s": summary["clips_per_s"], "device": str(device),
-                   "distributed": scheduler or (f"local:{workers_cluster}" if workers_cluster else None)},
-        )
-        write_record(p.out_dir, rec)
+            n_done, n_failed = int(done_now.sum()), len(failures)
+            counts = {"clips": len(ids), "done": n_done, "failed": n_failed, "skipped": int(done_before.sum()),
+                      "extracted": result.done, "decoders": result.decoders}
+            summary = {**counts, "seconds": round(seconds, 3),
+                       "clips_per_s": round(result.done / max(result.seconds, 1e-9), 3) if result.done else 0.0}
+            if n_done + n_failed != len(ids):
+                raise RuntimeError(f"extraction ended with {len(ids) - n_done - n_failed} clips neither done nor failed")
+            rec = StageRecord(
+                stage="extract", key=p.key, version=VERSION, config=p.config, parents=p.parents,
+                timings={"total_s": round(seconds, 3), "build_s": round(t_build, 3),
+                         "loop_s": round(result.seconds, 3), "decode_s": round(result.decode_seconds, 3),
+                         "compute_s": round(result.compute_seconds, 3), "write_s": round(result.write_seconds, 3)},
+                counts=counts,
+                extra={"store": str(store_path), "errors": str(errors_path), "weights": dict(extractors.provenance),
+                       "clips_per_s": summary["clips_per_s"], "device": str(device),
+                       "distributed": scheduler or (f"local:{workers_cluster}" if workers_cluster else None)},
+            )
+            write_record(p.out_dir, rec)
+    except Exception as e:  # a full disk is the user's to fix: say so, and that resuming loses nothing
+        full = disk_full_error(e)
+        if full is None:
+            raise
+        why = full.strerror or errno.errorcode.get(full.errno, str(full.errno))
+        raise UserError(f"no space left while writing {store_path} ({why}); the {_count_done(g)} clips done so far "
+                        "are kept - free space and rerun the same command to resume") from e
     out = rec.to_dict()
     out["summary"] = summary
     if strict and n_failed:
@@ -206,13 +294,14 @@ def command(
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="dask scheduler address (tcp://host:8786) to distribute the clips.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Distribute over a local dask cluster of N processes.")] = None,
     export_hdf5: Annotated[Optional[Path], typer.Option("--export-hdf5", help="Also export the store to this HDF5 file (/<array>/<clip_id>).")] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Check every done clip of the store (chunk files, checksums, done flags) and extract the damaged ones again.")] = False,
 ) -> None:
     """Stage one: decode every clip once, run ResNet50-ER, ANFL and Video Swin, write the Zarr store."""
     sets = list(set or [])
     if random_init:
         sets.append("extract.random_init=true")
     cfg = resolve_config(preset, sets, cache)
-    rec = run(cfg, force=force, strict=False, scheduler=scheduler, workers_cluster=workers)
+    rec = run(cfg, force=force, strict=False, scheduler=scheduler, workers_cluster=workers, verify=verify)
     c = rec["counts"]
     s = rec.get("summary")
     rate = f", {s['clips_per_s']:.2f} clips/s" if s and s.get("extracted") else ""

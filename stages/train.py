@@ -44,7 +44,9 @@ def config_slice(cfg: Config) -> dict:
 
 
 def check_store_fits(cfg: Config, store_path, extract_plan) -> None:
-    """Refuse a store written for another extraction: its recorded key must be the one this config plans."""
+    """Refuse a store written for another extraction: its recorded key must be the one this config plans; and
+    a damaged one (pipeline.integrity's cheap check)."""
+    from pipeline.integrity import require_intact
     from pipeline.store import open_store
 
     g = open_store(store_path)
@@ -61,6 +63,9 @@ def check_store_fits(cfg: Config, store_path, extract_plan) -> None:
     if emotions is not None and list(emotions) != list(cfg.data.emotions):
         raise CacheMismatchError(f"{store_path}: store emotion classes {emotions} differ from data.emotions "
                                  f"{cfg.data.emotions}")
+    # the record says complete; refuse a store damaged since (chunk files gone, done flags unreadable, arrays
+    # missing) before training on fill values, naming the clips and `ecpa extract --verify`
+    require_intact(g, store_path)
 
 
 def run(cfg: Config, *, force: bool = False, progress: bool = True, resume: bool = True) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.store import StoreShapes, create_store
+from pipeline.train_data import ClipReader   # imported here (it imports torch): not inside a timed read
 from tests.bench._util import MAFW_SHAPES, SMALL_SHAPES, clip_bytes, random_clip, sync_and_drop, tree_stats
 
 LAYOUTS = ("zarr", "zarr_api", "npy", "hdf5")
@@ -72,8 +73,6 @@ def _write_hdf5(root: Path, ids: list[str], clips: list[dict], shapes: StoreShap
 # ---------------------------------------------------------------- readers: read each clip in `order`
 def _read_zarr(path: Path, order: list[int], ids: list[str], names: list[str]) -> int:
     """As stage two reads: ClipReader, array handles opened once, chunk files read directly (CRC32C checked)."""
-    from pipeline.train_data import ClipReader
-
     reader = ClipReader(path, {n: n for n in names})
     if set(reader.paths().values()) != {"direct"}:
         raise AssertionError(f"ClipReader does not read this store directly: {reader.paths()}")
@@ -133,8 +132,6 @@ def _check_equal(layout: str, path: Path, ids: list[str], clips: list[dict], nam
     for i in (0, len(ids) - 1):
         got: dict[str, np.ndarray] = {}
         if layout == "zarr":
-            from pipeline.train_data import ClipReader
-
             got = ClipReader(path, {n: n for n in names}).read(i)
         elif layout == "zarr_api":
             import zarr

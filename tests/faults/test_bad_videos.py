@@ -39,14 +39,6 @@ REASON_WORDS = {
 }
 """kind -> words its errors.jsonl reason must hold (lower case)."""
 
-BUGS = {
-    "png_as_mp4": "a PNG named .mp4 is decoded as a one-frame video and extracted - fix pending in "
-                  "pipeline/video.py:_probe (reject image demuxers)",
-    "index_cut": "an MP4 cut inside its index is reported as 'no video stream (found: no streams)' - fix pending "
-                 "in pipeline/video.py:_probe (say truncated/damaged when an MP4 has no streams)",
-}
-
-
 @dataclass
 class BadRun:
     root: Path
@@ -106,14 +98,6 @@ def bad_run(fault_reference, tmp_path_factory) -> BadRun:
     return BadRun(root, rec, errors, done, arrays, tuple(kinds), skipped)
 
 
-def _error_params():
-    out = []
-    for kind in badvideos.ERROR_KINDS:
-        marks = [pytest.mark.xfail(strict=True, reason=BUGS[kind])] if kind in BUGS else []
-        out.append(pytest.param(kind, marks=marks, id=kind))
-    return out
-
-
 _outcomes: dict[str, bool] = {}
 _skipped: dict[str, str] = {}
 
@@ -137,7 +121,7 @@ def _note(kind: str, ok: bool, bad_run: BadRun | None = None) -> None:
         _skipped.update(bad_run.skipped)
 
 
-@pytest.mark.parametrize("kind", _error_params())
+@pytest.mark.parametrize("kind", badvideos.ERROR_KINDS)
 def test_bad_video_lands_in_errors_with_a_reason(bad_run, kind):
     ok = False
     try:
@@ -198,12 +182,7 @@ def test_good_clips_unaffected_by_bad_neighbours(bad_run, fault_reference):
 
 # ---- rotation and resolution, at the decoder -----------------------------------------------------
 
-@pytest.mark.parametrize("decoder", [
-    "pyav",
-    pytest.param("auto", marks=pytest.mark.xfail(strict=True, reason=(
-        "decord 0.6 already applies the display matrix, decode_clip rotates again - fix pending in "
-        "pipeline/video.py:decode_clip (rotate PyAV output only)"))),
-])
+@pytest.mark.parametrize("decoder", ["pyav", "auto", "decord"])
 def test_rotation_applied_once(bad_run, decoder):
     """The 'rotated' clip is 144 wide x 96 high with 'rotate 90 degrees clockwise' in its track header:
     upright it is 96 wide x 144 high, the face on top and the plain band (grey 60) at the bottom."""
@@ -234,10 +213,6 @@ print(peak_mb() - base, clip.source.shape)
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "decode_clip keeps the sampled frames at full resolution and converts all of them to float32 at once: "
-    "~1.5 GB for 8 frames of 4000x3000, ~6 GB at the paper's 32 frames - fix pending in pipeline/video.py "
-    "(decode at a capped size, resize frame by frame)"))
 @pytest.mark.slow  # a child process decoding 4000x3000 frames: python -m tests.faults runs it
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for the peak RSS")
 def test_huge_resolution_decodes_in_bounded_memory(bad_run):

@@ -27,9 +27,6 @@ KEEP = 5
 """Clips done before the disk fills (rows 0..KEEP-1); the rest are left to do."""
 FSIZE = 16 * 1024
 """Below an au/feats chunk of the fault config (~25 KB), above every other file the run writes."""
-CLEAR_ERROR = ("a full disk ends the extraction with a raw OSError traceback - fix pending in stages/extract.py:run "
-               "(catch OSError ENOSPC/EFBIG/EDQUOT around the loop -> UserError naming the store, the clips kept, "
-               "and 'free space and rerun')")
 
 
 @dataclass
@@ -149,7 +146,6 @@ def test_disk_full_rlimit_loses_nothing_and_resumes(rlimit_outcome):
         _report("rlimit", "kept", ok, rlimit_outcome)
 
 
-@pytest.mark.xfail(strict=True, reason=CLEAR_ERROR)
 def test_disk_full_rlimit_clear_error(rlimit_outcome):
     ok = False
     try:
@@ -234,7 +230,6 @@ def test_disk_full_tmpfs_loses_nothing_and_resumes(tmpfs_outcome):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=CLEAR_ERROR)
 def test_disk_full_tmpfs_clear_error(tmpfs_outcome):
     ok = False
     try:

@@ -130,6 +130,25 @@ def test_missing_videos_reported_together(demo_cfg, tmp_path):
     assert any("3 of 10 videos are missing" in n for n in notes)
 
 
+def test_directory_named_like_a_video_is_not_called_missing(demo_cfg, tmp_path):
+    videos = tmp_path / "data" / "videos"
+    (videos / "clip03.mp4").unlink()
+    (videos / "clip03.mp4").mkdir()
+    (videos / "clip06.mp4").unlink()
+    with pytest.raises(UserError) as e:
+        build_manifest(demo_cfg)
+    msg = str(e.value)
+    head, _, rest = msg.partition(";")
+    assert head.startswith("1 of 10 videos") and "directories, not video files" in head and "clip03.mp4" in head
+    assert "missing" not in head and "clip06.mp4" not in head
+    assert "1 of 10 videos" in rest and "missing" in rest and "clip06.mp4" in rest and "clip03.mp4" not in rest
+    demo_cfg.data.check_videos = False
+    notes: list[str] = []
+    assert len(build_manifest(demo_cfg, notes)) == 10
+    assert any("1 of 10 videos are directories" in n and "clip03.mp4" in n for n in notes), notes
+    assert any("1 of 10 videos are missing" in n for n in notes), notes
+
+
 def test_videos_without_annotation_are_a_note_not_an_error(demo_cfg, tmp_path):
     touch_videos(tmp_path / "data" / "videos", ["stray.mp4", "readme.txt"])
     notes: list[str] = []
