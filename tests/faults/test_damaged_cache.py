@@ -81,28 +81,14 @@ class Damage:
     chunk read (`--verify`); a missing file, array or flag is seen by a cheap structural check."""
 
 
-VERIFY_SPEC = ("no integrity check exists yet - fix pending in pipeline/store.py + stages/extract.py "
-               "(crc32c codec on every array, `ecpa extract --verify`, see the fault report)")
-STATUS_SPEC = ("`ecpa status` trusts stage.json alone - fix pending in stages/chain.py:explain + pipeline/store.py "
-               "(structural check of the store of a fresh extract record)")
-STATUS_VERIFY_SPEC = ("`ecpa status --verify` does not exist - fix pending in stages/chain.py:status_command "
-                      "(read every done clip's chunks, checksums on)")
-
-ZEROS = ("zarr reads a missing chunk as its fill value: training runs on zeros without a word - fix pending in "
-         "pipeline/train_data.py (check that every done clip's chunks exist)")
-RAW = ("a damaged done chunk raises zstd's RuntimeError (a traceback) - fix pending in pipeline/train_data.py and "
-       "stages/extract.py (read done per clip; an unreadable flag = not done, named)")
-
 DAMAGES = [
-    # training: crc32c on every chunk (pipeline/store.py) + pipeline/train_data.py name the damaged clips
-    Damage("chunk truncated", _truncate_chunk, {"status": STATUS_VERIFY_SPEC, "repair": VERIFY_SPEC},
-           status=("status", "--json", "--verify")),
-    Damage("chunk bytes flipped", _flip_chunk, {"status": STATUS_VERIFY_SPEC, "repair": VERIFY_SPEC},
-           status=("status", "--json", "--verify")),
-    Damage("chunk file deleted", _delete_chunk, {"status": STATUS_SPEC, "train": ZEROS, "repair": VERIFY_SPEC}),
-    Damage("done flag damaged", _damage_done_flag, {"status": STATUS_SPEC, "train": RAW, "repair": VERIFY_SPEC}),
+    # a damage inside a chunk (same or other size) needs every chunk read: `ecpa status --verify`
+    Damage("chunk truncated", _truncate_chunk, {}, status=("status", "--json", "--verify")),
+    Damage("chunk bytes flipped", _flip_chunk, {}, status=("status", "--json", "--verify")),
+    Damage("chunk file deleted", _delete_chunk, {}),
+    Damage("done flag damaged", _damage_done_flag, {}),
     Damage("stage.json truncated", _truncate_record, {}, repair=("extract",)),
-    Damage("array missing", _drop_array, {"status": STATUS_SPEC, "repair": VERIFY_SPEC}),
+    Damage("array missing", _drop_array, {}),
 ]
 
 
