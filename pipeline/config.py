@@ -62,7 +62,7 @@ class DataConfig:
     """Demo preset only: number of synthetic clips the generator writes."""
     demo_seed: int = 0
     """Demo preset only: the generator's seed (same seed, same clips)."""
-    demo_video_size: int = 224
+    demo_video_size: int = 384
     """Demo preset only: side of the encoded demo videos (faces are drawn at 96 px and scaled up, so
     decoding costs what it does on real video)."""
     cache_root: str = knob("cache")
