@@ -39,7 +39,7 @@ def shard(tasks: Sequence[ClipTask], n_shards: int) -> list[list[ClipTask]]:
 def run_shard(store_path: str, tasks: list[ClipTask], ex_dict: dict, num_emotions: int, seed: int) -> ExtractResult:
     """One dask task: extract `tasks` into the store at `store_path` (runs on a worker)."""
     import torch
-    import zarr
+    from pipeline.store import open_store
 
     from pipeline.extraction import extract_into_store, resolve_device
     from pipeline.models.extractors import build_extractors
@@ -51,7 +51,7 @@ def run_shard(store_path: str, tasks: list[ClipTask], ex_dict: dict, num_emotion
     if memo not in _EXTRACTORS:
         _EXTRACTORS.clear()
         _EXTRACTORS[memo] = build_extractors(ex, num_emotions, device, seed=seed)
-    g = zarr.open_group(store_path, mode="r+")
+    g = open_store(store_path, mode="r+")  # also makes zarr write every chunk (integrity checks rely on it)
     return extract_into_store(g, tasks, _EXTRACTORS[memo], ex, device, workers=0)
 
 

@@ -107,7 +107,7 @@ def _verify_existing(store_path: Path, out_dir: Path, ids: list[str], shapes) ->
     done = g["done"]
     for row in bad:
         done[row] = False
-    console.print(f"[bold yellow]verify[/]: {describe(bad, ids, limit=len(bad))} - computing them again",
+    console.print(f"[bold yellow]verify[/]: {describe(bad, ids, limit=50)} - computing them again",
                   highlight=False, soft_wrap=True)
     return bad
 

@@ -60,8 +60,10 @@ class Fakes:
                     {"metrics": {**fake_metrics(cfg), "Bleu_1": None}, "clips": 3, "notes": []}))
             if stage in self.no_record:
                 return {}
+            # the record's extra carries the metrics, as stages/score.py writes it
+            extra = {"metrics": {**fake_metrics(cfg), "Bleu_1": None}} if stage == "score" else {}
             rec = StageRecord(stage=stage, key=p.key, version=p.version, config=p.config, parents=p.parents,
-                              timings={"total": 0.0})
+                              timings={"total": 0.0}, extra=extra)
             write_record(p.out_dir, rec)
             return rec.to_dict()
 
@@ -156,7 +158,7 @@ def test_first_run_runs_all_then_everything_is_reused(fakes, sets):
     ("train.tau_c=0.2", "train.tau_c 0.3 -> 0.2"),
     ("train.margin=0.7", "train.margin 0.5 -> 0.7"),
     ("train.lambda_aucl=0.5", "train.lambda_aucl 1.0 -> 0.5"),
-    ("train.lr=0.001", "train.lr 0.0005 -> 0.001"),
+    ("train.lr=0.0001", "train.lr 0.001 -> 0.0001"),
     ("model.layers=3", "model.layers 2 -> 3"),
     ("train.seed=7", "train.seed 42 -> 7"),
     ("train.weighting=fixed", "train.weighting dwa -> fixed"),
@@ -306,11 +308,14 @@ def test_every_knob_is_unkeyed_and_every_keyed_stage_field_is_keyed(fakes, sets)
 
 
 def test_code_version_bump_invalidates_the_stage_and_downstream(baseline, sets, monkeypatch):
-    monkeypatch.setattr("stages.train.VERSION", "2")
+    from stages import train
+
+    old, new = train.VERSION, str(int(train.VERSION) + 1)
+    monkeypatch.setattr("stages.train.VERSION", new)
     rows = {r["stage"]: r for r in chain.chain_status(cfg_of(sets))}
     assert {s: r["status"] for s, r in rows.items()} == {
         "extract": "fresh", "train": "stale", "caption": "stale", "score": "stale"}
-    assert rows["train"]["changes"] == ["code version 1 -> 2"]
+    assert rows["train"]["changes"] == [f"code version {old} -> {new}"]
     assert rows["caption"]["changes"] == ["upstream changed: train key"]
     ran, _ = run_and_see(cfg_of(sets))
     assert ran == ["train", "caption", "score"]
