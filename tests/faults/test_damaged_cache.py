@@ -72,8 +72,6 @@ class Damage:
     name: str
     apply: Callable[[Path], list[int]]
     """Damages the store; returns the rows that must be recomputed."""
-    bugs: dict[str, str]
-    """reader -> xfail reason, for the readers that do not handle it yet."""
     repair: tuple[str, ...] = ("extract", "--verify")
     """The command that repairs it (a damaged record needs no verification: extract rebuilds it)."""
     status: tuple[str, ...] = ("status", "--json")
@@ -83,18 +81,16 @@ class Damage:
 
 DAMAGES = [
     # a damage inside a chunk (same or other size) needs every chunk read: `ecpa status --verify`
-    Damage("chunk truncated", _truncate_chunk, {}, status=("status", "--json", "--verify")),
-    Damage("chunk bytes flipped", _flip_chunk, {}, status=("status", "--json", "--verify")),
-    Damage("chunk file deleted", _delete_chunk, {}),
-    Damage("done flag damaged", _damage_done_flag, {}),
-    Damage("stage.json truncated", _truncate_record, {}, repair=("extract",)),
-    Damage("array missing", _drop_array, {}),
+    Damage("chunk truncated", _truncate_chunk, status=("status", "--json", "--verify")),
+    Damage("chunk bytes flipped", _flip_chunk, status=("status", "--json", "--verify")),
+    Damage("chunk file deleted", _delete_chunk),
+    Damage("done flag damaged", _damage_done_flag),
+    Damage("stage.json truncated", _truncate_record, repair=("extract",)),
+    Damage("array missing", _drop_array),
 ]
 
 
-def _params(reader: str):
-    return [pytest.param(d, id=d.name, marks=[pytest.mark.xfail(strict=True, reason=d.bugs[reader])]
-                         if reader in d.bugs else []) for d in DAMAGES]
+DAMAGE_PARAMS = [pytest.param(d, id=d.name) for d in DAMAGES]
 
 
 @pytest.fixture
@@ -134,7 +130,7 @@ def _ids(cfg) -> list[str]:
     return [c.id for c in read_manifest(cfg.manifest_path)]
 
 
-@pytest.mark.parametrize("damaged", _params("status"), indirect=True)
+@pytest.mark.parametrize("damaged", DAMAGE_PARAMS, indirect=True)
 def test_status_shows_damaged(damaged, request):
     from stages.cli import app
 
@@ -153,7 +149,7 @@ def test_status_shows_damaged(damaged, request):
         _note(request.node.callspec.id, "status", ok)
 
 
-@pytest.mark.parametrize("damaged", _params("train"), indirect=True)
+@pytest.mark.parametrize("damaged", DAMAGE_PARAMS, indirect=True)
 def test_training_refuses_damaged_cache(damaged, request):
     from pipeline.errors import CacheMismatchError, UserError
     from stages import train
@@ -175,7 +171,7 @@ def test_training_refuses_damaged_cache(damaged, request):
         _note(request.node.callspec.id, "train", ok)
 
 
-@pytest.mark.parametrize("damaged", _params("repair"), indirect=True)
+@pytest.mark.parametrize("damaged", DAMAGE_PARAMS, indirect=True)
 def test_extract_verify_repairs_only_damaged_clips(damaged, fault_reference, request, tmp_path):
     from stages.cli import app
 
