@@ -12,7 +12,7 @@ from pipeline.records import file_sha256
 
 @pytest.fixture(scope="module")
 def demo_ex():
-    return load_config("demo").extract  # face 64, 8 x 64^2 clips, swin3d_demo, anfl_demo, random_init
+    return load_config("demo").extract  # face 64, 8 x 64^2 clips, resnet18 ER, swin3d_demo, anfl_demo, random_init
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_outputs_have_the_store_shapes_and_dtypes(bundle):
     nodes, probs = bundle.au(faces)
     tokens = bundle.video(clip)
     s = bundle.shapes(num_frames=8, au_frames=4, crop=64)
-    assert feats.shape == (5, s.er_dim) == (5, 2048) and logits.shape == (5, s.emotions) == (5, 7)
+    assert feats.shape == (5, s.er_dim) == (5, 512) and logits.shape == (5, s.emotions) == (5, 7)  # ResNet-18: 512-d
     assert nodes.shape == (5, s.aus, s.au_dim) == (5, 41, 128) and probs.shape == (5, 41)
     assert tokens.shape == (2, s.tokens, s.channels) == (2, 16, 256)
     assert all(t.dtype == torch.float32 for t in (feats, logits, nodes, probs, tokens))
