@@ -8,6 +8,7 @@ Under torchrun every rank runs `run`; rank 0 writes the outputs and the record.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from typing import Annotated, Optional
@@ -128,6 +129,8 @@ def command(
     sets = (ablation_sets(ablation) if ablation else []) + list(set or [])
     cfg = resolve_config(preset, sets, cache)
     rec = run(cfg, force=force, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 holds the outputs and reports them
     extra = rec.get("extra", {})
     best = extra.get("best", {})
     cider = best.get("CIDEr")
