@@ -16,23 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.faults._harness import Row, report
+from tests.pipeline.datasets.conftest import touch_videos, write  # the adapters' test helpers
 
 TAB = "\t"
-
-
-def _write(path: Path, text: str | bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text, encoding="utf-8")
-    return path
-
-
-def _videos(folder: Path, names: list[str]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        (folder / n).write_bytes(b"placeholder")  # the manifest checks presence only
 
 
 # ---- one small valid dataset per layout ---------------------------------------------------------
@@ -42,11 +28,11 @@ MAFW_SPLIT = "data/Train & Test Set/single/no_caption/set_1"
 
 
 def mafw(root: Path) -> list[str]:
-    _write(root / MAFW_LABELS, "".join(f"{i:05d}.mp4{TAB}{e}{TAB}{TAB}a person looks {e}.\n"
+    write(root / MAFW_LABELS, "".join(f"{i:05d}.mp4{TAB}{e}{TAB}{TAB}a person looks {e}.\n"
                                        for i, e in ((1, "anger"), (2, "happiness"), (3, "sadness"), (4, "fear"))))
-    _write(root / MAFW_SPLIT / "train.txt", "00001.mp4 anger\n00002.mp4 happiness\n00003.mp4 sadness\n")
-    _write(root / MAFW_SPLIT / "test.txt", "00004.mp4 fear\n")
-    _videos(root / "data/clips", [f"{i:05d}.mp4" for i in range(1, 5)])
+    write(root / MAFW_SPLIT / "train.txt", "00001.mp4 anger\n00002.mp4 happiness\n00003.mp4 sadness\n")
+    write(root / MAFW_SPLIT / "test.txt", "00004.mp4 fear\n")
+    touch_videos(root / "data/clips", [f"{i:05d}.mp4" for i in range(1, 5)])
     return ["data.format=mafw", "data.videos=data/clips", f"data.annotations={MAFW_LABELS}",
             "data.split_file=data/Train & Test Set/single/no_caption", "data.split_set=1"]
 
@@ -54,39 +40,39 @@ def mafw(root: Path) -> list[str]:
 def generic(root: Path) -> list[str]:
     rows = [{"id": f"c{i}", "video": f"videos/c{i}.mp4", "captions": [f"a man smiles {i}."], "emotion": "happiness",
              "split": "train" if i < 3 else "test"} for i in range(4)]
-    _write(root / "annotations.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    _videos(root / "videos", [f"c{i}.mp4" for i in range(4)])
+    write(root / "annotations.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    touch_videos(root / "videos", [f"c{i}.mp4" for i in range(4)])
     return ["data.format=generic"]
 
 
 def generic_csv(root: Path) -> list[str]:
-    _write(root / "clips.csv", "id,video,caption,emotion,split\n" + "".join(
+    write(root / "clips.csv", "id,video,caption,emotion,split\n" + "".join(
         f"c{i},videos/c{i}.mp4,a woman frowns {i}.,sadness,{'train' if i < 3 else 'test'}\n" for i in range(4)))
-    _videos(root / "videos", [f"c{i}.mp4" for i in range(4)])
+    touch_videos(root / "videos", [f"c{i}.mp4" for i in range(4)])
     return ["data.format=generic", "data.annotations=clips.csv"]
 
 
 def emvidcap(root: Path) -> list[str]:
-    _write(root / "train.csv", f"VideoID{TAB}EmCaptions\n" + "".join(
+    write(root / "train.csv", f"VideoID{TAB}EmCaptions\n" + "".join(
         f"vid{i}{TAB}a man became angry {i}\n" for i in range(3)))
-    _videos(root / "videos", [f"vid{i}.mp4" for i in range(3)])
+    touch_videos(root / "videos", [f"vid{i}.mp4" for i in range(3)])
     return ["data.format=emvidcap", "data.annotations=train.csv"]
 
 
 def msvd(root: Path) -> list[str]:
     header = "VideoID,Start,End,WorkerID,Source,AnnotationTime,Language,Description\n"
-    _write(root / "corpus.csv", header + "".join(
+    write(root / "corpus.csv", header + "".join(
         f"v{i},1,5,{i},clean,10,English,\"a dog runs, {i}\"\n" for i in range(3)))
-    _write(root / "split.txt", "v0_1_5 train\nv1_1_5 train\nv2_1_5 test\n")
-    _videos(root / "YouTubeClips", [f"v{i}_1_5.avi" for i in range(3)])
+    write(root / "split.txt", "v0_1_5 train\nv1_1_5 train\nv2_1_5 test\n")
+    touch_videos(root / "YouTubeClips", [f"v{i}_1_5.avi" for i in range(3)])
     return ["data.format=msvd", "data.annotations=corpus.csv", "data.split_file=split.txt"]
 
 
 def msrvtt(root: Path) -> list[str]:
     info = {"videos": [{"video_id": f"video{i}", "split": "train" if i < 2 else "validate"} for i in range(3)],
             "sentences": [{"video_id": f"video{i}", "caption": f"a cat sits {i}", "sen_id": i} for i in range(3)]}
-    _write(root / "info.json", json.dumps(info, indent=1))
-    _videos(root / "videos", [f"video{i}.mp4" for i in range(3)])
+    write(root / "info.json", json.dumps(info, indent=1))
+    touch_videos(root / "videos", [f"video{i}.mp4" for i in range(3)])
     return ["data.format=msrvtt", "data.annotations=info.json"]
 
 
@@ -171,10 +157,10 @@ CASES = [
     Case("missing split file (MSVD)", "msvd", lambda r: (r / "split.txt").unlink(), "split.txt", None,
          ("not found",)),
     Case("split names an unknown clip", "mafw",
-         lambda r: _write(r / MAFW_SPLIT / "test.txt", "00004.mp4 fear\n00009.mp4 fear\n"),
+         lambda r: write(r / MAFW_SPLIT / "test.txt", "00004.mp4 fear\n00009.mp4 fear\n"),
          f"{MAFW_SPLIT}/test.txt", 2, ("00009", "not in the label file")),
     Case("caption of a clip the split lacks (MSVD)", "msvd",
-         lambda r: _write(r / "split.txt", "v0_1_5 train\nv1_1_5 train\nv7_1_5 test\n"),
+         lambda r: write(r / "split.txt", "v0_1_5 train\nv1_1_5 train\nv7_1_5 test\n"),
          "split.txt", 3, ("v7_1_5", "no english caption")),
     Case("ids without videos", "generic", _ids_without_videos, "videos", None, ("2 of 4", "missing", "c1.mp4")),
     # the comma is missing at the end of line 6; the parser stops at line 7, where it expected one
@@ -182,7 +168,7 @@ CASES = [
     Case("JSONL syntax error", "generic",
          lambda r: _edit_line(r / "annotations.jsonl", 4, lambda t: t.replace('"split"', "'split'")),
          "annotations.jsonl", 4, ("not valid json",)),
-    Case("empty file", "generic", lambda r: _write(r / "annotations.jsonl", "\n  \n"), "annotations.jsonl", 1,
+    Case("empty file", "generic", lambda r: write(r / "annotations.jsonl", "\n  \n"), "annotations.jsonl", 1,
          ("empty",)),
     Case("wrong header (EmVidCap)", "emvidcap",
          lambda r: _edit_line(r / "train.csv", 1, lambda t: t.replace("EmCaptions", "Caption")),
@@ -254,7 +240,7 @@ def test_videos_without_ids_are_left_out_with_a_warning(tmp_path, caplog):
     caption): they stay out of the manifest and the warning names how many and one of them."""
     root, cache = tmp_path / "root", tmp_path / "cache"
     sets = generic(root)
-    _videos(root / "videos", ["stray.mp4"])
+    touch_videos(root / "videos", ["stray.mp4"])
     with caplog.at_level("WARNING", logger="pipeline.manifest"):
         res = run_manifest(root, cache, sets)
     assert res.exit_code == 0, res.output
