@@ -21,6 +21,7 @@ Numbers equal pycocoevalcap's own pipeline (`tests/pipeline/test_scoring.py` che
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -95,21 +96,16 @@ def ptb_tokenize(sentences: Sequence[str], java: str | None = None) -> list[str]
     return [" ".join(w for w in line.rstrip().split(" ") if w not in PTB_PUNCTUATION) for line in out_lines[: len(lines)]]
 
 
-_WORD = None
+_PTB_WORD = re.compile(r"n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]")  # PTB splits clitics: gardener 's, does n't
 
 
 def simple_tokenize(sentences: Sequence[str]) -> list[str]:
     """A Python stand-in for the PTB tokenizer for plain captions: lower case, punctuation split off and
     dropped, as `ptb_tokenize` does. Used where a JVM per call would dominate (per-epoch validation,
     which only ranks checkpoints); reported scores always use the real PTB tokenizer."""
-    import re
-
-    global _WORD
-    if _WORD is None:
-        _WORD = re.compile(r"n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]")  # PTB splits clitics: gardener 's, does n't
     out = []
     for s in sentences:
-        toks = _WORD.findall(s.lower().replace("n't", " n't"))
+        toks = _PTB_WORD.findall(s.lower().replace("n't", " n't"))
         out.append(" ".join(t for t in toks if t not in PTB_PUNCTUATION and t not in {'"'}))
     return out
 

@@ -301,6 +301,7 @@ def command(
     if random_init:
         sets.append("extract.random_init=true")
     cfg = resolve_config(preset, sets, cache)
+    # strictness is applied below, after the summary and the HDF5 export, so a failed clip never hides them
     rec = run(cfg, force=force, strict=False, scheduler=scheduler, workers_cluster=workers, verify=verify)
     c = rec["counts"]
     s = rec.get("summary")
