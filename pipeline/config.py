@@ -135,6 +135,10 @@ class ModelConfig:
     """Width of the first video projection (C -> video_proj -> hidden)."""
     sparse_attention: bool = True
     """SwinBERT's learnable sparse attention mask over video tokens, with its L1 loss."""
+    sparse_mask: str = "swinbert"
+    """Form of the sparse mask: swinbert (sigmoid(W) off the diagonal, 1 on it, written into the 0/1 mask
+    before (1 - m) * -1e4; W ~ N(0, 1); L1 = mean |(1 - I) sigmoid(W)|) or logsigmoid (additive
+    log sigmoid(W) bias, L1 = mean sigmoid(W); this project's earlier form)."""
     use_er_prompt: bool = True
     """VEP: ER-level prompt MLP(ResNet50-ER features)."""
     use_au_prompts: bool = True
@@ -144,7 +148,15 @@ class ModelConfig:
     er_pool: str = "mean"
     """How per-frame ER features pool to one clip vector: mean or max."""
     use_class_tokens: bool = True
-    """TEP: learnable [CLASS-k] emotion tokens joined to the caption embedding."""
+    """TEP: learnable [CLASS-k] emotion tokens (the sentence-level prompt)."""
+    sentence_prompt: str = "caption"
+    """Where the [CLASS-k] tokens read from: caption (ECPA Eq. 6, P_S = F_T + [CLASS-k]: they attend to the
+    caption and the context, nothing attends to them) or context (visual-only variant: they sit in the
+    context and never see the caption)."""
+    init_from: str = ""
+    """Local bert-base-uncased folder (Hugging Face layout: config.json + model.safetensors or
+    pytorch_model.bin) to initialise the word/position/type embeddings, the layers and the MLM head from
+    (SwinBERT's --load_partial_weights); empty: random init. Needs the matching BERT vocabulary."""
     use_word_mask: bool = True
     """TEP: word-level masking (masked word embeddings set to zero) for the AU-word branch."""
 
@@ -173,8 +185,13 @@ class TrainConfig:
     """ECA: ER-sentence alignment (L_ER)."""
     align_au: bool = True
     """ECA: AU-word alignment (L_AUCL)."""
-    align_loss: str = "aucl"
-    """AU-word alignment loss: aucl (paper), global, sim_ce, ce or contrastive (Table VI rows)."""
+    er_loss: str = "ce"
+    """ER-sentence alignment loss (Table VI, upper half): ce (paper: cross-entropy of the emotion from
+    Concat(P_ER, P_S)), global (global similarity: 1 - cos(P_ER, state of the true [CLASS-k])) or sim_ce
+    (similarity-based cross-entropy over cos(P_ER, [CLASS-k]) / 0.1)."""
+    au_loss: str = "aucl"
+    """AU-word alignment loss (Table VI, lower half): aucl (paper), ce (cross-entropy of the matched word
+    over the vocabulary) or contrastive (normal contrastive loss over all AU/word pairs)."""
     tau_c: float = 0.3
     """T_C: cosine threshold that labels a matched AU/word pair positive."""
     margin: float = 0.5

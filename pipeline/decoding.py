@@ -56,14 +56,10 @@ class _Uncached:
         self.batch = {
             k: (v.repeat_interleave(beam, dim=0) if isinstance(v, Tensor) and v.dim() > 0 else v) for k, v in batch.items()
         }
-        self.emotion: Tensor | None = None
 
     def logits(self, tokens: Tensor, parent: Tensor | None) -> Tensor:
         """tokens (N, t+1) ending with [MASK] -> logits (N, V) at the [MASK] slot."""
-        cap_h, ctx_h, _ = self.model.encode(self.batch, tokens)
-        if self.emotion is None:
-            emo = self.model.emotion_logits(ctx_h)
-            self.emotion = None if emo is None else emo[:: self.beam]
+        cap_h, _, _ = self.model.encode(self.batch, tokens)
         return self.model.mlm_logits(cap_h[:, -1])
 
 
@@ -95,7 +91,6 @@ class _PrefixCache:
             self.v_ctx.append(v)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_ctx, scale=sa.scaling)
             x = self._ffn(layer, a.transpose(1, 2).reshape(B, Lc, H), x)
-        self.emotion = model.emotion_logits(x)
         self.k_cap: list[Tensor | None] = [None] * len(layers)
         self.v_cap: list[Tensor | None] = [None] * len(layers)
 
@@ -309,10 +304,13 @@ def decode_with_emotion(
     max_length: int = 20,
     length_penalty: float = 1.0,
     use_cache: bool = True,
+    with_emotion: bool = True,
 ) -> tuple[list[list[int]], Tensor | None]:
     """Captions (token ids without [CLS]/[SEP], one list per clip) and emotion logits (B, E) (None when the
     model has no emotion head). `batch` holds the cached arrays (`vid`, `er`, `au_feats`, `au_probs`);
-    tensors are moved to the model's device. `max_length` counts [CLS]; `beam_size` 1 is greedy."""
+    tensors are moved to the model's device. `max_length` counts [CLS]; `beam_size` 1 is greedy.
+    The emotion is read after the search, from the class tokens over the generated caption
+    (`ECPA.emotion_for_captions`; from the context alone in the visual-only variant)."""
     _check_args(model, tokenizer, beam_size, max_length)
     device = next(model.parameters()).device
     batch = _to_device(batch, device)
@@ -323,7 +321,7 @@ def decode_with_emotion(
             ids = _greedy(step, model, B, max_length, device)
         else:
             ids = _beam(step, model, B, beam_size, max_length, length_penalty, device)
-        emotion = step.emotion  # the uncached path sets it at its first step (max_length >= 2: always runs)
+        emotion = model.emotion_for_captions(batch, ids) if with_emotion else None
     return ids, (None if emotion is None else emotion.float())
 
 
@@ -340,7 +338,7 @@ def decode(
     """Token ids of one caption per clip (without [CLS]/[SEP]); see `decode_with_emotion`."""
     return decode_with_emotion(
         model, batch, tokenizer, beam_size=beam_size, max_length=max_length,
-        length_penalty=length_penalty, use_cache=use_cache,
+        length_penalty=length_penalty, use_cache=use_cache, with_emotion=False,
     )[0]
 
 

@@ -46,7 +46,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.records import atomic_write_text
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 """Bump when the drawing or captions change: an existing dataset with another version is regenerated."""
 
 EMOTIONS = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
@@ -111,6 +111,11 @@ for _phrase, _au in CUE_AU.items():
     if _au is not None:
         AU_CUES.setdefault(_au, []).append(_phrase)
 NEUTRAL_CUES = [p for p, a in CUE_AU.items() if a is None]
+
+# Cue phrases per caption, by emotion (capped by the AUs drawn): captions of clearly different lengths
+# (one to three cues, 6 to about 20 words), tied to what the clip shows, so a model that cannot stop loses.
+CUE_COUNT: dict[str, int] = {"neutral": 1, "happiness": 1, "sadness": 2, "disgust": 2, "anger": 2, "surprise": 3,
+                             "fear": 3}
 
 # Action phrases per emotion; {pos} is the possessive pronoun (his/her).
 ACTIONS: dict[str, list[str]] = {
@@ -218,7 +223,8 @@ def _sample_spec(seed: int, index: int, emotion: str, frames: int) -> ClipSpec:
 
 
 def _captions(spec: ClipSpec, seed: int) -> tuple[str, list[str]]:
-    """The clip's action phrase and 2-3 different captions, each true to what is drawn."""
+    """The clip's action phrase and 2-3 different captions, each true to what is drawn, naming
+    `CUE_COUNT[emotion]` of the drawn AUs (one more for a laugh)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, spec.index, 1]))
     pos = "his" if spec.gender == "man" else "her"
     subject = f"a {spec.gender}"
@@ -232,14 +238,16 @@ def _captions(spec: ClipSpec, seed: int) -> tuple[str, list[str]]:
         act = pool[int(rng.integers(len(pool)))].format(pos=pos)
         if spec.turn != 0.0:
             act = f"turns {pos} head and {act}"
+        laughing = spec.emotion == "happiness" and "AU25" in spec.aus
         if spec.aus:
             names = list(spec.aus)
-            n_cues = min(len(names), 2 + int(rng.integers(2)))
+            n_cues = min(len(names), CUE_COUNT[spec.emotion] + int(laughing))
             chosen = [names[i] for i in rng.permutation(len(names))[:n_cues]]
             cues = [AU_CUES[a][int(rng.integers(len(AU_CUES[a])))] for a in chosen]
         else:
-            cues = [NEUTRAL_CUES[i] for i in rng.permutation(len(NEUTRAL_CUES))[:2]]
-        cue_text = " and ".join([", ".join(f"the {c}" for c in cues[:-1]), f"the {cues[-1]}"])
+            cues = [NEUTRAL_CUES[i] for i in rng.permutation(len(NEUTRAL_CUES))[:CUE_COUNT["neutral"]]]
+        cue_text = " and ".join(([", ".join(f"the {c}" for c in cues[:-1])] if len(cues) > 1 else [])
+                                + [f"the {cues[-1]}"])
         cap = f"{subject} {act}. {cue_text}."
         if cap not in captions:
             captions.append(cap)

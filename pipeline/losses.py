@@ -5,17 +5,28 @@ References: SwinBERT (Lin et al. 2022) for MLM masking (mask_prob 0.5, at most 4
 ECPA (Wang, Liu et al.) eq. for L_AUCL; DWA from Liu, Johns, Davison 2019 ("End-to-End Multi-Task
 Learning with Attention"): w_k = K exp(r_k/T) / sum_i exp(r_i/T), r_k = L_k(t-1) / L_k(t-2).
 
-Alignment losses (train.align_loss), between the AU prompts A (B, K, H) and the word prompts W (the caption's
-word vectors, B, Lt, H, only real words), with D = cos(A_i, W_j) and the Hungarian matching pi of AU prompts
-to words maximising sum D (scipy linear_sum_assignment, computed on detached D):
+Table VI as printed: its upper half are alternatives for the ER-sentence alignment (train.er_loss), its
+lower half for the AU-word alignment (train.au_loss). Each is logged under its own name (`loss_name`).
 
-* aucl (paper): over the matched pairs (i, pi(i)), Y = [D > T_C], loss (1-Y) D^2 + Y max(0, m - D)^2, mean.
-* global (Table VI "global similarity"): 1 - cos(mean_i A_i, mean_j W_j).
-* sim_ce ("similarity-based cross-entropy"): softmax over words of D / SIM_CE_TEMPERATURE, target pi(i).
-* ce ("cross-entropy"): each AU prompt classified over the vocabulary (logits A_i . E^T with the word
-  embedding table E), target the token id of its matched word.
-* contrastive ("normal contrastive", Hadsell et al.): on every (i, j) pair with distance d = 1 - D and
-  Y_ij = [j = pi(i)]: Y d^2 + (1 - Y) max(0, m - d)^2, mean.
+ER-sentence (P_ER = the ER prompt's last-layer state, C_k = the state of [CLASS-k], y = the clip's emotion):
+
+* ce (paper, Eq. 8; logged `er`): cross-entropy of y from Linear(Concat(P_ER, P_S)), P_S = mean_k C_k.
+* global (Table VI "global similarity"; `er_global`): 1 - cos(P_ER, C_y).
+* sim_ce ("similarity-based cross-entropy"; `er_sim_ce`): softmax over k of cos(P_ER, C_k) / 0.1, target y.
+  With global or sim_ce the emotion is read as argmax_k cos(P_ER, C_k) (the model's `similarity` readout).
+
+AU-word, between the AU prompts A (B, K, H) and the word prompts W (the caption's word vectors, B, Lt, H,
+only real words), with D = cos(A_i, W_j) and the Hungarian matching pi of AU prompts to words maximising
+sum D (scipy linear_sum_assignment on detached D):
+
+* aucl (paper; `aucl`): over the matched pairs (i, pi(i)), Y = [D > T_C], loss (1-Y) D^2 + Y max(0, m - D)^2, mean.
+* ce ("cross-entropy"; `au_ce`): each AU prompt classified over the vocabulary (logits A_i . E^T with the
+  word embedding table E), target the token id of its matched word.
+* contrastive ("normal contrastive", Hadsell et al.; `au_contrastive`): on every (i, j) pair with distance
+  d = 1 - D and Y_ij = [j = pi(i)]: Y d^2 + (1 - Y) max(0, m - d)^2, mean.
+
+Alignment losses run in fp32 with autocast off (under bf16 autocast the cosine matrix would be bf16, which
+numpy cannot take for the matching).
 """
 from __future__ import annotations
 
@@ -27,9 +38,29 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-ALIGN_LOSSES = ("aucl", "global", "sim_ce", "ce", "contrastive")
+ER_LOSSES = ("ce", "global", "sim_ce")
+AU_LOSSES = ("aucl", "ce", "contrastive")
 SIM_CE_TEMPERATURE = 0.1
 """Temperature of the similarity-based cross-entropy alternative."""
+
+
+def loss_name(side: str, name: str) -> str:
+    """The logged name of an alignment loss: the paper's keep `er` / `aucl`, alternatives get their own."""
+    if side == "er":
+        return "er" if name == "ce" else f"er_{name}"
+    return "aucl" if name == "aucl" else f"au_{name}"
+
+
+def _no_autocast(fn):
+    """Run `fn` with autocast off on every device type (its inputs are cast to fp32 inside)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 # ------------------------------------------------------------------ MLM masking (SwinBERT)
@@ -37,6 +68,7 @@ SIM_CE_TEMPERATURE = 0.1
 def mask_tokens(
     input_ids: Tensor,
     *,
+    pad_id: int,
     special_ids: set[int] | frozenset[int],
     mask_id: int,
     vocab_size: int,
@@ -44,25 +76,29 @@ def mask_tokens(
     max_masked: int = 45,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """SwinBERT's MLM masking. Per caption: n = min(max(round(mask_prob * words), 1), max_masked) of its real
-    word tokens (never a special token: [CLS], [SEP], [PAD], ...) are chosen uniformly; each becomes [MASK]
-    with p 0.8, a random non-special token with p 0.1, stays itself with p 0.1.
+    """SwinBERT's MLM masking (`caption_tensorizer.py`). A caption row is `[CLS] w1 .. wn [SEP] [PAD]..`;
+    with `seq_len` = n + 2 its non-[PAD] length, the candidates are positions 1 .. seq_len-1: every word
+    piece *and [SEP]* ("it is important to mask [SEP]": it is the end-of-sentence token the decoder must
+    learn to emit), never [CLS] or [PAD]. n_masked = min(max(round(mask_prob * seq_len), 1), max_masked)
+    (Python's round, [CLS] and [SEP] counted in seq_len, as SwinBERT does) of them are chosen uniformly;
+    each becomes [MASK] with p 0.8, a random token with p 0.1, stays itself with p 0.1. The random token is
+    drawn from the non-special ids (SwinBERT draws from the whole vocabulary, so it can put [CLS]/[PAD]
+    inside a caption; not worth copying).
 
     Returns (masked input_ids, labels) with labels = original id where chosen, -100 elsewhere."""
     ids = input_ids.clone()
     labels = torch.full_like(input_ids, -100)
     special = torch.tensor(sorted(special_ids), dtype=input_ids.dtype)
-    is_word = ~torch.isin(input_ids, special)
     normal = torch.ones(vocab_size, dtype=torch.bool)
     normal[special[special < vocab_size]] = False
     normal_ids = normal.nonzero().squeeze(1)
-    for b in range(ids.shape[0]):
-        cand = is_word[b].nonzero().squeeze(1)
-        n_words = cand.numel()
-        if n_words == 0:
+    seq_lens = (input_ids != pad_id).sum(dim=1).tolist()
+    for b, seq_len in enumerate(seq_lens):
+        if seq_len < 2:
             continue
-        n = min(max(int(round(mask_prob * n_words)), 1), max_masked)
-        chosen = cand[torch.randperm(n_words, generator=generator)[:n]]
+        cand = torch.arange(1, seq_len)
+        n = min(max(int(round(mask_prob * seq_len)), 1), max_masked, cand.numel())
+        chosen = cand[torch.randperm(cand.numel(), generator=generator)[:n]]
         labels[b, chosen] = input_ids[b, chosen]
         u = torch.rand(n, generator=generator)
         to_mask = chosen[u < 0.8]
@@ -91,14 +127,35 @@ def loss_er(emotion_logits: Tensor, emotion: Tensor) -> Tensor:
     return F.cross_entropy(emotion_logits.float(), emotion, ignore_index=-1)
 
 
+@_no_autocast
+def er_align_loss(name: str, *, emotion: Tensor, emotion_logits: Tensor | None = None,
+                  er_state: Tensor | None = None, class_states: Tensor | None = None) -> Tensor:
+    """ER-sentence alignment `name` (module docstring). emotion (B,) with -1 for unlabelled clips (left out);
+    ce reads emotion_logits (B, E); global / sim_ce read er_state (B, H) and class_states (B, E, H)."""
+    if name not in ER_LOSSES:
+        raise ValueError(f"unknown ER-sentence loss {name!r} (one of {', '.join(ER_LOSSES)})")
+    if name == "ce":
+        return loss_er(emotion_logits, emotion)
+    if er_state is None or class_states is None:
+        raise ValueError(f"ER-sentence loss {name!r} needs the ER prompt and the class tokens")
+    known = emotion >= 0
+    if not bool(known.any()):
+        return er_state.sum() * 0.0 + class_states.sum() * 0.0
+    cos = torch.einsum("beh,bh->be", F.normalize(class_states.float(), dim=-1, eps=1e-8),
+                       F.normalize(er_state.float(), dim=-1, eps=1e-8))          # (B, E)
+    if name == "global":
+        return (1 - cos[known].gather(1, emotion[known][:, None])).mean()
+    return F.cross_entropy(cos[known] / SIM_CE_TEMPERATURE, emotion[known])
+
+
 def cosine_matrix(a: Tensor, w: Tensor) -> Tensor:
-    """D[i, j] = cos(a_i, w_j); a zero vector gives 0. a (K, H), w (W, H) -> (K, W)."""
+    """D[i, j] = cos(a_i, w_j) in fp32; a zero vector gives 0. a (K, H), w (W, H) -> (K, W)."""
     return F.normalize(a.float(), dim=-1, eps=1e-8) @ F.normalize(w.float(), dim=-1, eps=1e-8).t()
 
 
 def hungarian(D: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the matching maximising sum D (min(K, W) pairs)."""
-    rows, cols = linear_sum_assignment(D.detach().cpu().numpy(), maximize=True)
+    rows, cols = linear_sum_assignment(D.detach().float().cpu().numpy(), maximize=True)
     return rows, cols
 
 
@@ -108,7 +165,8 @@ def aucl_pairs(D_matched: Tensor, tau_c: float, margin: float) -> Tensor:
     return (1 - Y) * D_matched.pow(2) + Y * (margin - D_matched).clamp(min=0).pow(2)
 
 
-def align_loss(
+@_no_autocast
+def au_align_loss(
     name: str,
     au_prompts: Tensor,
     word_prompts: Tensor,
@@ -119,33 +177,28 @@ def align_loss(
     word_ids: Tensor | None = None,
     embedding_weight: Tensor | None = None,
 ) -> Tensor:
-    """AU-word alignment loss `name` (see the module docstring) averaged over the batch.
+    """AU-word alignment loss `name` (see the module docstring) averaged over the batch, in fp32.
     au_prompts (B, K, H), word_prompts (B, Lt, H), word_valid (B, Lt) bool; `ce` also needs word_ids (B, Lt)
     and the word embedding table (V, H). Captions without a real word contribute nothing."""
-    if name not in ALIGN_LOSSES:
-        raise ValueError(f"unknown alignment loss {name!r} (one of {', '.join(ALIGN_LOSSES)})")
+    if name not in AU_LOSSES:
+        raise ValueError(f"unknown AU-word loss {name!r} (one of {', '.join(AU_LOSSES)})")
     terms: list[Tensor] = []
     for b in range(au_prompts.shape[0]):
-        a = au_prompts[b]
+        a = au_prompts[b].float()
         valid = word_valid[b]
         if not bool(valid.any()):
             continue
-        w = word_prompts[b][valid]
-        if name == "global":
-            terms.append((1 - F.cosine_similarity(a.float().mean(0), w.float().mean(0), dim=0, eps=1e-8))[None])
-            continue
+        w = word_prompts[b][valid].float()
         D = cosine_matrix(a, w)                                    # (K, W)
         rows, cols = hungarian(D)
         r, c = torch.as_tensor(rows, device=D.device), torch.as_tensor(cols, device=D.device)
         if name == "aucl":
             terms.append(aucl_pairs(D[r, c], tau_c, margin))
-        elif name == "sim_ce":
-            terms.append(F.cross_entropy(D[r] / SIM_CE_TEMPERATURE, c, reduction="none"))
         elif name == "ce":
             if word_ids is None or embedding_weight is None:
-                raise ValueError("align_loss 'ce' needs word_ids and embedding_weight")
+                raise ValueError("AU-word loss 'ce' needs word_ids and embedding_weight")
             target = word_ids[b][valid][c]
-            logits = a[r].float() @ embedding_weight.float().t()
+            logits = a[r] @ embedding_weight.float().t()
             terms.append(F.cross_entropy(logits, target, reduction="none"))
         else:  # contrastive
             Y = torch.zeros_like(D)
@@ -153,22 +206,36 @@ def align_loss(
             d = 1 - D
             terms.append((Y * d.pow(2) + (1 - Y) * (margin - d).clamp(min=0).pow(2)).flatten())
     if not terms:
-        return au_prompts.sum() * 0.0 + word_prompts.sum() * 0.0
+        return au_prompts.float().sum() * 0.0 + word_prompts.float().sum() * 0.0
     return torch.cat(terms).mean()
 
 
 # ------------------------------------------------------------------ all losses of one step
 
+def task_losses(tcfg) -> list[str]:
+    """Names of the weighted task losses a config switches on (mlm, then the ER and AU alignment)."""
+    return (["mlm"] + ([loss_name("er", tcfg.er_loss)] if tcfg.align_er else [])
+            + ([loss_name("au", tcfg.au_loss)] if tcfg.align_au else []))
+
+
+def fixed_weights(tcfg) -> dict[str, float]:
+    """train.lambda_* by loss name: lambda_er for the ER side, lambda_aucl for the AU side."""
+    return {"mlm": tcfg.lambda_mlm, loss_name("er", tcfg.er_loss): tcfg.lambda_er,
+            loss_name("au", tcfg.au_loss): tcfg.lambda_aucl}
+
+
 def compute_losses(out: dict, batch: dict, tcfg, model) -> dict[str, Tensor]:
-    """The task losses switched on by the config, from `ECPA.forward`'s output:
-    mlm always; er with train.align_er; align (L_AUCL or a Table VI alternative) with train.align_au;
+    """The task losses switched on by the config, from `ECPA.forward`'s output, under their logged names:
+    mlm always; the ER-sentence loss with train.align_er; the AU-word loss with train.align_au;
     sparse (the L1 term, weighted by lambda_sparse outside DWA) when the model has sparse attention."""
     losses = {"mlm": loss_mlm(out["mlm_logits"], out["mlm_targets"])}
     if tcfg.align_er:
-        losses["er"] = loss_er(out["emotion_logits"], batch["emotion"])
+        losses[loss_name("er", tcfg.er_loss)] = er_align_loss(
+            tcfg.er_loss, emotion=batch["emotion"], emotion_logits=out["emotion_logits"],
+            er_state=out.get("er_state"), class_states=out.get("class_states"))
     if tcfg.align_au:
-        losses["aucl"] = align_loss(
-            tcfg.align_loss, out["au_prompts"], out["word_prompts"], out["word_valid"], tau_c=tcfg.tau_c,
+        losses[loss_name("au", tcfg.au_loss)] = au_align_loss(
+            tcfg.au_loss, out["au_prompts"], out["word_prompts"], out["word_valid"], tau_c=tcfg.tau_c,
             margin=tcfg.margin, word_ids=out.get("word_ids"), embedding_weight=model.word_embeddings.weight,
         )
     if out.get("sparse_l1") is not None:

@@ -336,3 +336,27 @@ def emotion_accuracy(true: Mapping[str, int | None], pred: Mapping[str, int]) ->
         return None, 0
     hits = sum(int(pred[k]) == int(true[k]) for k in known)
     return hits / len(known), len(known)
+
+
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+def caption_words(text: str) -> int:
+    """Words in a caption (runs of letters/digits; punctuation is not a word)."""
+    return len(_WORD.findall(text.lower()))
+
+
+def length_stats(res: dict[str, str], gts: dict[str, list[str]], ended: dict[str, bool] | None = None) -> dict:
+    """Mean generated and mean reference length in words, their ratio, and the share of generated captions
+    that reached the decoding limit without [SEP] (`ended` per clip, from captions.json; None when unknown).
+    A model that cannot stop shows a ratio well above 1 and a large unended share."""
+    gen = [caption_words(c) for c in res.values()]
+    ref = [caption_words(c) for k in res for c in gts.get(k, [])]
+    mean_gen = sum(gen) / len(gen) if gen else None
+    mean_ref = sum(ref) / len(ref) if ref else None
+    unended = None
+    if ended is not None and res:
+        unended = sum(1 for k in res if not ended.get(k, True)) / len(res)
+    return {"mean_generated_words": mean_gen, "mean_reference_words": mean_ref,
+            "length_ratio": (mean_gen / mean_ref) if mean_gen is not None and mean_ref else None,
+            "unended_share": unended}

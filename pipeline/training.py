@@ -16,8 +16,10 @@ Ablations (Tables IV-VI of the paper) are config fields; `ABLATIONS` names the r
     vep        + VEP (ER prompt and AU prompts)
     vep_tep    + VEP + TEP (class tokens, word mask)
     ecpa       + ECA: L_ER and L_AUCL (the full model, the defaults)
-    no_er_align / no_au_align        ECPA without ER-sentence / without AU-word alignment
-    align_global / align_sim_ce / align_ce / align_contrastive   Table VI: other AU-word alignment losses
+    no_er_align / no_au_align        Table V: ECPA without ER-sentence / without AU-word alignment
+    er_global / er_sim_ce            Table VI, upper half: other ER-sentence alignment losses
+    au_ce / au_contrastive           Table VI, lower half: other AU-word alignment losses
+    visual_sentence                  the [CLASS-k] tokens in the context (never see the caption): L_ER visual-only
 """
 from __future__ import annotations
 
@@ -38,8 +40,10 @@ from torch.utils.data import DataLoader
 
 from pipeline.config import Config, ModelConfig
 from pipeline.errors import CacheMismatchError, UserError
-from pipeline.losses import ALIGN_LOSSES, LossWeights, compute_losses, mask_tokens, total_loss
-from pipeline.models.ecpa import ECPA, build_model
+from pipeline.losses import (
+    AU_LOSSES, ER_LOSSES, LossWeights, compute_losses, fixed_weights, mask_tokens, task_losses, total_loss,
+)
+from pipeline.models.ecpa import ECPA, SENTENCE_PROMPTS, SPARSE_MASKS, build_model
 from pipeline.records import atomic_write_text
 from pipeline.store import StoreShapes
 from pipeline.tokenizer import TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, load_tokenizer
@@ -60,10 +64,11 @@ ABLATIONS: dict[str, list[str]] = {
     "ecpa": [],
     "no_er_align": ["train.align_er=false"],
     "no_au_align": ["train.align_au=false"],
-    "align_global": ["train.align_loss=global"],
-    "align_sim_ce": ["train.align_loss=sim_ce"],
-    "align_ce": ["train.align_loss=ce"],
-    "align_contrastive": ["train.align_loss=contrastive"],
+    "er_global": ["train.er_loss=global"],
+    "er_sim_ce": ["train.er_loss=sim_ce"],
+    "au_ce": ["train.au_loss=ce"],
+    "au_contrastive": ["train.au_loss=contrastive"],
+    "visual_sentence": ["model.sentence_prompt=context"],
 }
 
 
@@ -81,8 +86,17 @@ def check_config(cfg: Config) -> None:
         raise UserError("train.align_er needs model.use_er_prompt or model.use_class_tokens (L_ER reads P_ER / P_S)")
     if t.align_au and not m.use_au_prompts:
         raise UserError("train.align_au needs model.use_au_prompts (the AU-word alignment aligns AU prompts)")
-    if t.align_loss not in ALIGN_LOSSES:
-        raise UserError(f"train.align_loss={t.align_loss!r}: one of {', '.join(ALIGN_LOSSES)}")
+    if t.er_loss not in ER_LOSSES:
+        raise UserError(f"train.er_loss={t.er_loss!r}: one of {', '.join(ER_LOSSES)}")
+    if t.au_loss not in AU_LOSSES:
+        raise UserError(f"train.au_loss={t.au_loss!r}: one of {', '.join(AU_LOSSES)}")
+    if t.align_er and t.er_loss != "ce" and not (m.use_er_prompt and m.use_class_tokens):
+        raise UserError(f"train.er_loss={t.er_loss} compares the ER prompt with the class tokens: it needs "
+                        "model.use_er_prompt and model.use_class_tokens")
+    if m.sparse_mask not in SPARSE_MASKS:
+        raise UserError(f"model.sparse_mask={m.sparse_mask!r}: one of {', '.join(SPARSE_MASKS)}")
+    if m.sentence_prompt not in SENTENCE_PROMPTS:
+        raise UserError(f"model.sentence_prompt={m.sentence_prompt!r}: one of {', '.join(SENTENCE_PROMPTS)}")
     if t.weighting not in ("dwa", "fixed"):
         raise UserError(f"train.weighting={t.weighting!r}: dwa or fixed")
     if m.er_pool not in ("mean", "max"):
@@ -207,7 +221,13 @@ def model_meta(model: ECPA, shapes: StoreShapes) -> dict:
     """What `load_trained` needs to rebuild the model."""
     from dataclasses import asdict
 
-    return {"model_config": asdict(model.cfg), "num_emotions": model.num_emotions, "shapes": asdict(shapes)}
+    return {"model_config": asdict(model.cfg), "num_emotions": model.num_emotions, "shapes": asdict(shapes),
+            "emotion_readout": model.emotion_readout}
+
+
+def emotion_readout(tc) -> str:
+    """How the emotion is read: the head trained by L_ER (ce), or by similarity to the class tokens."""
+    return "head" if tc.er_loss == "ce" else "similarity"
 
 
 def load_trained(run_dir: Path | str, which: str = "best", device: str | torch.device = "cpu") -> tuple[ECPA, CaptionTokenizer, dict]:
@@ -223,7 +243,7 @@ def load_trained(run_dir: Path | str, which: str = "best", device: str | torch.d
     tok = load_tokenizer(run_dir)
     meta = ck["meta"]
     model = build_model(ModelConfig(**meta["model_config"]), tok, num_emotions=meta["num_emotions"],
-                        shapes=StoreShapes(**meta["shapes"]))
+                        shapes=StoreShapes(**meta["shapes"]), emotion_readout=meta.get("emotion_readout", "head"))
     model.load_state_dict(ck["model"])  # strict: every key must match
     model.to(device).eval()
     info = {k: v for k, v in ck.items() if k not in ("model", "optimizer", "scheduler", "rng")}
@@ -273,17 +293,12 @@ def plot_metrics(rows: list[dict], png: Path) -> None:
 # ------------------------------------------------------------------ validation
 
 @torch.no_grad()
-def predict_emotions(model: ECPA, batch: dict) -> torch.Tensor | None:
-    logits = model.emotion_logits(model.context_hidden(batch))
-    return None if logits is None else logits.argmax(-1)
-
-
-@torch.no_grad()
 def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, device: torch.device,
              refs: dict[str, list[str]]) -> tuple[dict, dict[str, str]]:
-    """Greedy captions of the val clips (the caption engineer's prefix-cached `decode`), their CIDEr against
-    the references, and emotion accuracy. Returns (scores, captions by clip id)."""
-    from pipeline.decoding import decode
+    """Greedy captions of the val clips (prefix-cached `decode_with_emotion`), their CIDEr against the
+    references, and emotion accuracy (the emotion read over the generated caption, as at test time).
+    Returns (scores, captions by clip id)."""
+    from pipeline.decoding import decode_with_emotion
     from pipeline.scoring import score_captions
 
     model.eval()
@@ -291,11 +306,12 @@ def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, devi
     correct = total = 0
     for batch in loader:
         batch = to_device(batch, device)
-        ids = decode(model, batch, tokenizer, beam_size=1, max_length=cfg.caption.max_length, use_cache=True)
+        ids, logits = decode_with_emotion(model, batch, tokenizer, beam_size=1,
+                                          max_length=cfg.caption.max_length, use_cache=True)
         for cid, seq in zip(batch["clip_id"], ids):
             res[cid] = tokenizer.decode(seq)
-        pred = predict_emotions(model, batch)
-        if pred is not None:
+        if logits is not None:
+            pred = logits.argmax(-1)
             known = batch["emotion"] >= 0
             correct += int((pred[known] == batch["emotion"][known]).sum())
             total += int(known.sum())
@@ -373,7 +389,13 @@ def train(
 
     # ---- model, optimiser, schedule ----
     seed_everything(tc.seed)
-    model = build_model(mc, tokenizer, num_emotions=len(cfg.data.emotions), shapes=shapes).to(device)
+    model = build_model(mc, tokenizer, num_emotions=len(cfg.data.emotions), shapes=shapes,
+                        emotion_readout=emotion_readout(tc))
+    if mc.init_from:
+        from pipeline.models.bert_init import load_bert_init
+
+        load_bert_init(model, mc.init_from)
+    model = model.to(device)
     train_set = CaptionPairs(train_refs, source, tokenizer, mc.max_caption_len)
     sampler = EpochSampler(len(train_set), tc.seed, rank, world)
     pad = tokenizer.pad_id
@@ -384,16 +406,14 @@ def train(
     total_steps = steps_per_epoch * tc.epochs
     optimizer = make_optimizer(model, tc.lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, tc.warmup))
-    task_names = ["mlm"] + (["er"] if tc.align_er else []) + (["aucl"] if tc.align_au else [])
-    weighting = LossWeights(tc.weighting, task_names, tc.dwa_temperature,
-                            {"mlm": tc.lambda_mlm, "er": tc.lambda_er, "aucl": tc.lambda_aucl})
+    weighting = LossWeights(tc.weighting, task_losses(tc), tc.dwa_temperature, fixed_weights(tc))
     amp = autocast_dtype(tc.precision, device)
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     net = model
     if distributed:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=not tc.align_er and model.emotion_head is not None)
+            find_unused_parameters=model.emotion_head is not None and not (tc.align_er and tc.er_loss == "ce"))
 
     # ---- resume ----
     start_epoch, best = 0, {"CIDEr": None, "epoch": None}
@@ -434,7 +454,8 @@ def train(
             sums: dict[str, float] = {}
             model.train()
             for step, batch in enumerate(loader):
-                ids, labels = mask_tokens(batch["input_ids"], special_ids=special, mask_id=tokenizer.mask_id,
+                ids, labels = mask_tokens(batch["input_ids"], pad_id=tokenizer.pad_id, special_ids=special,
+                                          mask_id=tokenizer.mask_id,
                                           vocab_size=tokenizer.vocab_size, mask_prob=tc.mask_prob,
                                           max_masked=tc.max_masked, generator=mask_gen)
                 batch = to_device(batch, device)

@@ -25,7 +25,7 @@ from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, write_record
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
-VERSION = "1"
+VERSION = "2"
 """Bump when decoding changes what it produces."""
 
 CAPTIONS_FILE = "captions.json"
@@ -107,7 +107,9 @@ def caption_into(
             for cid, seq, e in zip(batch["clip_id"], ids, pred):
                 results.append({"image_id": cid, "caption": tok.decode(seq),
                                 "emotion": train_emotions[e] if e is not None else None,
-                                "emotion_index": int(e) if e is not None else -1})
+                                "emotion_index": int(e) if e is not None else -1,
+                                # [CLS] counts in max_length: a caption that used every slot never emitted [SEP]
+                                "pieces": len(seq), "ended": len(seq) < ccfg.max_length - 1})
             bar.advance(task, len(ids))
     t_decode = time.perf_counter() - t1
 
@@ -130,10 +132,15 @@ def caption_into(
         notes.append(f"emotion classes differ: the run predicts {train_emotions}, the captioned dataset is labelled "
                      f"with {list(eval_emotions)}; accuracy counts clips whose true class name the run knows")
     empty = sum(1 for r in results if not r["caption"])
+    unended = sum(1 for r in results if not r["ended"])
+    if unended:
+        notes.append(f"{unended} of {len(results)} caption(s) reached caption.max_length={ccfg.max_length} without "
+                     "[SEP] (cut, not ended)")
     return {
         "timings": {"load_s": round(t_load, 3), "decode_s": round(t_decode, 3),
                     "captions_per_s": round(len(results) / t_decode, 3) if t_decode > 0 else None},
         "counts": {"clips": len(results), "skipped": len(skipped), "empty_captions": empty,
+                   "unended_captions": unended,
                    "references": len(annotations)},
         "extra": {"run_dir": str(run_dir), "checkpoint": ccfg.checkpoint, "checkpoint_epoch": info.get("epoch"),
                   "store": str(store_path), "device": str(device), "emotion_names": train_emotions, "notes": notes},

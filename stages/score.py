@@ -28,7 +28,7 @@ from pipeline.errors import UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, write_record
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
-VERSION = "1"
+VERSION = "2"
 """Bump with the scorer (tokenisation, metric set)."""
 
 NO_EMOTION_NOTE = ("no clip of the captioned split carries an emotion label: emotion accuracy is not reported "
@@ -94,7 +94,7 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
     `baselines` (see `training_baselines`), the constant-caption and majority-emotion baselines are
     scored on the same references and stored beside the model's figures. Returns the record parts
     (timings, counts, extra)."""
-    from pipeline.scoring import ALL_METRICS, score_captions, score_captions_per_clip
+    from pipeline.scoring import ALL_METRICS, length_stats, score_captions, score_captions_per_clip
 
     t0 = time.perf_counter()
     unknown = [m for m in scfg.metrics if m not in ALL_METRICS]
@@ -124,6 +124,12 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
         notes.append("METEOR skipped (score.meteor=false)")
     metrics = dict(corpus)
     metrics["emotion_acc"] = emotion_acc
+    ended = ({str(r["image_id"]): bool(r["ended"]) for r in results}
+             if all("ended" in r for r in results) else None)
+    lengths = length_stats(res, gts, ended)
+    if lengths["unended_share"]:
+        notes.append(f"{100 * lengths['unended_share']:.1f}% of the captions reached caption.max_length without "
+                     "[SEP]: they were cut, not ended")
 
     baseline = None
     if baselines is not None:
@@ -137,14 +143,15 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
                     "emotion_chance": baselines["chance"], "metrics": base_metrics}
 
     out_dir = Path(out_dir)
-    payload = {"metrics": metrics, "baseline": baseline, "clips": len(res), "emotion_clips": len(known),
-               "notes": notes, "caption_dir": str(caption_dir)}
+    payload = {"metrics": metrics, "lengths": lengths, "baseline": baseline, "clips": len(res),
+               "emotion_clips": len(known), "notes": notes, "caption_dir": str(caption_dir)}
     atomic_write_text(out_dir / SCORES_FILE, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out_dir / PER_CLIP_FILE, per_clip_csv(res, gts, true, pred, per_clip))
     return {
         "timings": {"score_s": round(time.perf_counter() - t0, 3)},
         "counts": {"clips": len(res), "references": sum(len(v) for v in gts.values()), "emotion_clips": len(known)},
-        "extra": {"metrics": metrics, "baseline": baseline, "notes": notes, "caption_dir": str(caption_dir)},
+        "extra": {"metrics": metrics, "lengths": lengths, "baseline": baseline, "notes": notes,
+                  "caption_dir": str(caption_dir)},
     }
 
 
@@ -213,6 +220,13 @@ def print_scores(rec: dict, out_dir: Path, title: str = "scores", skip_notes: li
             cells = [metrics[m]] + ([base.get(m)] if base else [])
             t.add_row(m, *("n/a" if v is None else f"{100 * v:.2f}" for v in cells))
     console.print(t)
+    lengths = rec.get("extra", {}).get("lengths") or {}
+    if lengths.get("mean_generated_words") is not None:
+        unended = lengths.get("unended_share")
+        console.print(f"caption length: {lengths['mean_generated_words']:.1f} words generated vs "
+                      f"{lengths['mean_reference_words']:.1f} in the references (ratio {lengths['length_ratio']:.2f}); "
+                      + ("ended with [SEP]: n/a" if unended is None else f"ended with [SEP]: {100 * (1 - unended):.1f}%"),
+                      highlight=False)
     if base:
         console.print(f"baseline caption (most frequent in training): \"{baseline['caption']}\"; "
                       f"majority emotion: {baseline['emotion']}; chance: {100 * baseline['emotion_chance']:.1f}",

@@ -20,7 +20,7 @@ from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, read_record, write_record
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
-VERSION = "2"
+VERSION = "3"
 """Bump when what training computes changes (model maths, losses, data order)."""
 
 
@@ -37,6 +37,16 @@ def config_slice(cfg: Config) -> dict:
         vocab = Path(model["tokenizer"])
         vocab = vocab / "vocab.txt" if vocab.is_dir() else vocab
         model["tokenizer"] = f"sha256:{file_sha256(vocab)}" if vocab.is_file() else f"missing:{vocab}"
+    if model["init_from"]:
+        # key the initial weights by the weight file's contents (a moved folder keeps the key)
+        from pathlib import Path
+
+        from pipeline.models.bert_init import WEIGHT_FILES
+        from pipeline.records import file_sha256
+
+        folder = Path(model["init_from"])
+        weights = next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+        model["init_from"] = f"sha256:{file_sha256(weights)}" if weights is not None else f"missing:{folder}"
     return {
         "model": model,
         "train": section_slice(cfg.train),

@@ -61,7 +61,7 @@ TINY_DEMO_SETS = [
     "model.vocab_size=200",
     "train.epochs=2",
     "train.batch_size=8",
-    "caption.max_length=12",
+    "caption.max_length=32",
 ]
 
 

@@ -17,13 +17,14 @@ import torch
 
 
 def _step(model, opt, batch, tok, tcfg, device):
-    from pipeline.losses import compute_losses, mask_tokens, total_loss
+    from pipeline.losses import compute_losses, fixed_weights, mask_tokens, total_loss
 
-    ids, labels = mask_tokens(batch["input_ids"], special_ids=tok.special_ids, mask_id=tok.mask_id,
+    ids, labels = mask_tokens(batch["input_ids"], pad_id=tok.pad_id, special_ids=tok.special_ids, mask_id=tok.mask_id,
                               vocab_size=tok.vocab_size, generator=torch.Generator().manual_seed(0))
     batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
     out = model(batch, ids.to(device), labels.to(device))
-    loss = total_loss(compute_losses(out, batch, tcfg, model), {"mlm": 1.0, "er": 1.0, "aucl": 1.0}, tcfg.lambda_sparse)
+    weights = {k: 1.0 for k in fixed_weights(tcfg)}
+    loss = total_loss(compute_losses(out, batch, tcfg, model), weights, tcfg.lambda_sparse)
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -29,7 +29,7 @@ def tiny_model(seed: int = 0, vocab: int = 50, **over) -> ECPA:
         for p in m.parameters():
             if p.dim() >= 2:
                 p.normal_(0, 0.5, generator=g)
-        m.mlm_bias[SEP] = 8.0  # make [SEP] likely enough that some captions end early, others run to max_length
+        m.mlm_bias[SEP] = 5.0  # make [SEP] likely enough that some captions end early, others run to max_length
     return m
 
 
@@ -99,13 +99,20 @@ def test_some_captions_stop_at_sep_and_beam_differs(model, batch):
     assert beam != greedy, "beam search should find other captions on this model"
 
 
-def test_emotion_logits_equal_model_forward(model, batch):
-    """The emotion prediction from the decoder's context pass equals the training forward's."""
-    _, emo = decode_with_emotion(model, batch, max_length=4)
-    model.eval()
+def test_emotion_is_read_over_the_generated_caption(model, batch):
+    """Eq. 6/8 at inference: the emotion equals the training forward's on [CLS] + generated caption + [SEP]
+    (the class tokens read the caption), for greedy and beam, cached and uncached."""
+    for beam, cache in ((1, True), (1, False), (3, True)):
+        ids, emo = decode_with_emotion(model, batch, beam_size=beam, max_length=12, use_cache=cache)
+        model.eval()
+        with torch.no_grad():
+            ref = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()},
+                                   torch.tensor([[CLS, *seq, SEP]]))["emotion_logits"] for i, seq in enumerate(ids)])
+        torch.testing.assert_close(emo, ref, atol=1e-4, rtol=1e-4)
+    # and it is not the caption-free reading: another caption gives another emotion
     with torch.no_grad():
-        ref = model(batch, torch.tensor([[CLS, MASK]] * 5))["emotion_logits"]
-    torch.testing.assert_close(emo, ref, atol=1e-5, rtol=1e-5)
+        other = model(batch, torch.tensor([[CLS, 7, 8, 9, SEP]] * 5))["emotion_logits"]
+    assert not torch.allclose(emo, other, atol=1e-3)
 
 
 def _next_logprobs(model, batch_row: dict, prefix: list[int]) -> torch.Tensor:

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from pipeline.losses import LossWeights, align_loss, hungarian, loss_er, mask_tokens
+from pipeline.losses import (
+    LossWeights, au_align_loss, compute_losses, er_align_loss, hungarian, loss_er, loss_name, mask_tokens, task_losses,
+)
+
+
+def align_loss(name, *args, **kwargs):
+    return au_align_loss(name, *args, **kwargs)
 
 
 def _unit(*xs):
@@ -51,17 +57,6 @@ def test_aucl_gradient_pushes_as_the_paper_says():
     assert au.grad[0, 1, 0] > 0
 
 
-def test_global_similarity_hand_value():
-    # mean AU = ((0.4+0.25)/2, (0.35+0.1)/2, (0+0.15)/2, (r1+r2)/2); mean word = (1/3, 1/3, 1/3, 0)
-    a = AU[0].mean(0)
-    w = torch.tensor([1 / 3, 1 / 3, 1 / 3, 0.0])
-    expect = 1 - float(a @ w / (a.norm() * w.norm()))
-    # by hand: 4th comps sqrt(0.7175) = 0.84705, sqrt(0.905) = 0.95131 -> a = (0.325, 0.225, 0.075, 0.89918);
-    # a.w = 0.625/3 = 0.20833; |a| = sqrt(0.970395) = 0.98509; |w| = 0.57735 -> 1 - 0.36631 = 0.63369
-    assert expect == pytest.approx(0.63369, abs=1e-4)
-    assert align_loss("global", AU, WORDS, VALID).item() == pytest.approx(expect, abs=1e-5)
-
-
 def test_contrastive_hand_value():
     # d = 1 - D; matched pairs (a1,w2), (a2,w1) are positive: d^2 = 0.65^2, 0.75^2;
     # the other four pairs are negative: max(0, 0.5 - d)^2 with d = 0.6, 1.0, 0.9, 0.85 -> all 0.
@@ -69,13 +64,65 @@ def test_contrastive_hand_value():
     assert align_loss("contrastive", AU, WORDS, VALID, margin=0.5).item() == pytest.approx(expect, abs=1e-6)
 
 
-def test_sim_ce_targets_the_matched_word():
-    # a1 row: softmax([0.4, 0.35, 0]/0.1), target w2; a2 row: softmax([0.25, 0.1, 0.15]/0.1), target w1
-    def ce(row, t):
-        z = [x / 0.1 for x in row]
-        return -(z[t] - math.log(sum(math.exp(v) for v in z)))
-    expect = (ce([0.40, 0.35, 0.0], 1) + ce([0.25, 0.10, 0.15], 0)) / 2
-    assert align_loss("sim_ce", AU, WORDS, VALID).item() == pytest.approx(expect, abs=1e-5)
+# ER-sentence alternatives (Table VI, upper half): P_ER = e1, class states C_0 = e1, C_1 = (0.6, 0.8), C_2 = e2
+# -> cos(P_ER, C_k) = 1.0, 0.6, 0.0
+ER_STATE = torch.tensor([[2.0, 0.0]])                       # norm 2: cosine ignores it
+CLASS_STATES = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 3.0]]])
+
+
+def test_er_global_similarity_hand_value():
+    # target class 1: 1 - cos = 0.4; an unlabelled clip (-1) is left out
+    got = er_align_loss("global", emotion=torch.tensor([1]), er_state=ER_STATE, class_states=CLASS_STATES)
+    assert got.item() == pytest.approx(0.4, abs=1e-6)
+    two = er_align_loss("global", emotion=torch.tensor([2, -1]), er_state=ER_STATE.repeat(2, 1),
+                        class_states=CLASS_STATES.repeat(2, 1, 1))
+    assert two.item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_er_sim_ce_hand_value():
+    # softmax over [1.0, 0.6, 0.0] / 0.1 = [10, 6, 0], target class 1: -(6 - log(e^10 + e^6 + e^0))
+    expect = -(6 - math.log(math.exp(10) + math.exp(6) + 1))
+    got = er_align_loss("sim_ce", emotion=torch.tensor([1]), er_state=ER_STATE, class_states=CLASS_STATES)
+    assert got.item() == pytest.approx(expect, abs=1e-5)
+
+
+def test_table_vi_sides_and_logged_names():
+    """Table VI's upper half replaces the ER-sentence loss, its lower half the AU-word loss; each is logged
+    under its own name, and the paper's keep `er` / `aucl`."""
+    from types import SimpleNamespace as NS
+
+    assert [loss_name("er", n) for n in ("ce", "global", "sim_ce")] == ["er", "er_global", "er_sim_ce"]
+    assert [loss_name("au", n) for n in ("aucl", "ce", "contrastive")] == ["aucl", "au_ce", "au_contrastive"]
+    assert task_losses(NS(align_er=True, align_au=True, er_loss="global", au_loss="contrastive")) == \
+        ["mlm", "er_global", "au_contrastive"]
+    with pytest.raises(ValueError, match="ER-sentence"):
+        er_align_loss("contrastive", emotion=torch.tensor([0]), emotion_logits=torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="AU-word"):
+        au_align_loss("global", AU, WORDS, VALID)
+
+
+def test_alignment_losses_run_in_fp32_under_bf16_autocast():
+    """Default GPU training is bf16 autocast: the cosine matrix must reach scipy as fp32 (numpy has no bf16)."""
+    from types import SimpleNamespace as NS
+
+    torch.manual_seed(0)
+    B, K, Lt, H, E = 3, 2, 6, 8, 4
+    out = {"mlm_logits": torch.randn(5, 10), "mlm_targets": torch.randint(0, 10, (5,)),
+           "emotion_logits": torch.randn(B, E), "er_state": torch.randn(B, H), "class_states": torch.randn(B, E, H),
+           "au_prompts": torch.randn(B, K, H, requires_grad=True), "word_prompts": torch.randn(B, Lt, H),
+           "word_valid": torch.ones(B, Lt, dtype=torch.bool), "word_ids": torch.randint(0, 10, (B, Lt))}
+    model = NS(word_embeddings=torch.nn.Embedding(10, H))
+    batch = {"emotion": torch.tensor([0, 1, -1])}
+    for er_loss in ("ce", "global", "sim_ce"):
+        for au_loss in ("aucl", "ce", "contrastive"):
+            tc = NS(align_er=True, align_au=True, er_loss=er_loss, au_loss=au_loss, tau_c=0.3, margin=0.5)
+            ref = compute_losses(out, batch, tc, model)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                bf = compute_losses({k: (v.bfloat16() if v.is_floating_point() else v) for k, v in out.items()},
+                                    batch, tc, model)
+            for k in ref:
+                assert bf[k].dtype == torch.float32 and torch.isfinite(bf[k])
+                assert bf[k].item() == pytest.approx(ref[k].item(), rel=0.05, abs=0.02), (er_loss, au_loss, k)
 
 
 def test_ce_classifies_over_the_vocabulary():
@@ -117,38 +164,64 @@ def test_dwa_weights_by_hand():
 
 
 def test_mlm_masking_statistics():
+    """SwinBERT: candidates are positions 1..seq_len-1 ([SEP] included, [CLS]/[PAD] never), the budget is
+    round(0.5 * seq_len) with [CLS] and [SEP] counted, capped at 45; 80/10/10."""
     PAD, UNK, CLS, SEP, MASK = 0, 1, 2, 3, 4
     V = 1000
     g = torch.Generator().manual_seed(0)
     B = 400
-    short = torch.full((B, 14), PAD)                  # [CLS] 10 words [SEP] pad pad
+    short = torch.full((B, 14), PAD)                  # [CLS] 10 words [SEP] pad pad: seq_len 12
     short[:, 0], short[:, 11] = CLS, SEP
     short[:, 1:11] = torch.randint(5, V, (B, 10), generator=g)
     long = torch.cat([torch.full((B, 1), CLS), torch.randint(5, V, (B, 100), generator=g), torch.full((B, 1), SEP)], 1)
     counts = {"mask": 0, "random": 0, "kept": 0}
-    for ids, n_words, n_expect in ((short, 10, 5), (long, 100, 45)):
-        masked, labels = mask_tokens(ids, special_ids={PAD, UNK, CLS, SEP, MASK}, mask_id=MASK, vocab_size=V,
-                                     mask_prob=0.5, max_masked=45, generator=g)
+    sep_chosen = 0
+    for ids, n_expect in ((short, 6), (long, 45)):
+        masked, labels = mask_tokens(ids, pad_id=PAD, special_ids={PAD, UNK, CLS, SEP, MASK}, mask_id=MASK,
+                                     vocab_size=V, mask_prob=0.5, max_masked=45, generator=g)
         chosen = labels != -100
-        assert (chosen.sum(1) == n_expect).all()           # round(0.5 * words), capped at 45
-        special = (ids == PAD) | (ids == CLS) | (ids == SEP)
-        assert not (chosen & special).any()                 # never a special token
-        assert torch.equal(masked[special], ids[special])
+        assert (chosen.sum(1) == n_expect).all()           # round(0.5 * seq_len), capped at 45
+        never = (ids == PAD) | (ids == CLS)
+        assert not (chosen & never).any()                   # never [CLS] or [PAD]
+        assert torch.equal(masked[never], ids[never])
         assert torch.equal(labels[chosen], ids[chosen])
         assert torch.equal(masked[~chosen], ids[~chosen])   # unchosen tokens untouched
+        if ids is short:
+            sep_chosen = int((chosen & (ids == SEP)).sum())
         m, o = masked[chosen], ids[chosen]
         counts["mask"] += int((m == MASK).sum())
         counts["kept"] += int((m == o).sum())
         counts["random"] += int(((m != MASK) & (m != o)).sum())
-        assert not torch.isin(m[m != MASK], torch.tensor([PAD, UNK, CLS, SEP])).any()
-    total = sum(counts.values())                            # 400 * (5 + 45) = 20000 draws
-    assert total == 400 * 50
+        assert not torch.isin(m[(m != MASK) & (m != o)], torch.tensor([PAD, UNK, CLS, SEP])).any()
+    # [SEP] is one of 11 candidates with 6 picks: chosen in ~6/11 of the short captions
+    assert sep_chosen / B == pytest.approx(6 / 11, abs=0.07)
+    total = sum(counts.values())                            # 400 * (6 + 45) draws
+    assert total == 400 * 51
     assert counts["mask"] / total == pytest.approx(0.8, abs=0.015)
     assert counts["random"] / total == pytest.approx(0.1, abs=0.01)
     assert counts["kept"] / total == pytest.approx(0.1, abs=0.01)
 
 
-def test_mlm_masking_one_word_masks_one():
+@pytest.mark.parametrize("words,budget", [(0, 1), (1, 2), (2, 2), (3, 2), (4, 3), (5, 4), (10, 6), (60, 31), (100, 45)])
+def test_mlm_budget_and_candidates_pinned(words, budget):
+    """seq_len = words + 2; n = min(max(round(0.5 * seq_len), 1), 45) with Python's (banker's) round;
+    over many draws the chosen positions are exactly 1..seq_len-1."""
+    PAD, CLS, SEP, MASK = 0, 2, 3, 4
+    seq_len = words + 2
+    row = torch.tensor([[CLS] + [7] * words + [SEP] + [PAD] * 3])
+    seen = set()
+    g = torch.Generator().manual_seed(3)
+    for _ in range(60):
+        _, labels = mask_tokens(row, pad_id=PAD, special_ids={0, 1, 2, 3, 4}, mask_id=MASK, vocab_size=10,
+                                generator=g)
+        chosen = (labels[0] != -100).nonzero().squeeze(1).tolist()
+        assert len(chosen) == budget
+        seen.update(chosen)
+    assert seen == set(range(1, seq_len))
+
+
+def test_mlm_masking_one_word_masks_word_and_sep():
     ids = torch.tensor([[2, 7, 3, 0]])
-    _, labels = mask_tokens(ids, special_ids={0, 1, 2, 3, 4}, mask_id=4, vocab_size=10, generator=torch.Generator().manual_seed(1))
-    assert labels.tolist() == [[-100, 7, -100, -100]]
+    _, labels = mask_tokens(ids, pad_id=0, special_ids={0, 1, 2, 3, 4}, mask_id=4, vocab_size=10,
+                            generator=torch.Generator().manual_seed(1))
+    assert labels.tolist() == [[-100, 7, 3, -100]]      # seq_len 3 -> round(1.5) = 2: the word and [SEP]

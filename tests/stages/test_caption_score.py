@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -55,8 +56,11 @@ def test_caption_files_cover_the_split_in_coco_format(cfg, captioned):
     assert {r["image_id"] for r in results} == set(test_clips)
     assert rec["counts"]["clips"] == len(test_clips)
     for r in results:
-        assert set(r) == {"image_id", "caption", "emotion", "emotion_index"}
+        assert set(r) == {"image_id", "caption", "emotion", "emotion_index", "pieces", "ended"}
+        # [CLS] counts in caption.max_length: a caption that used every other slot never emitted [SEP]
+        assert r["ended"] == (r["pieces"] < cfg.caption.max_length - 1) and r["pieces"] <= cfg.caption.max_length - 1
         assert r["emotion"] == cfg.data.emotions[r["emotion_index"]]
+    assert rec["counts"]["unended_captions"] == sum(not r["ended"] for r in results)
     # references: every manifest caption once, unique annotation ids, true emotions carried on images
     anns = refs["annotations"]
     assert len({a["id"] for a in anns}) == len(anns)
@@ -140,7 +144,17 @@ def test_score_files(cfg, captioned, scored):
     payload = json.loads((out / "scores.json").read_text())
     m = payload["metrics"]
     assert {"Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr", "emotion_acc"} <= set(m) and "METEOR" not in m
-    assert payload["notes"] == ["METEOR skipped (score.meteor=false)"]
+    assert "METEOR skipped (score.meteor=false)" in payload["notes"]
+    # caption lengths in words, from the two caption files
+    _, cap_dir = captioned
+    results = json.loads((cap_dir / "captions.json").read_text())
+    anns = json.loads((cap_dir / "references.json").read_text())["annotations"]
+    words = lambda t: len(re.findall(r"[a-z0-9]+", t.lower()))   # noqa: E731
+    lengths = payload["lengths"]
+    assert lengths["mean_generated_words"] == pytest.approx(sum(words(r["caption"]) for r in results) / len(results))
+    assert lengths["mean_reference_words"] == pytest.approx(sum(words(a["caption"]) for a in anns) / len(anns))
+    assert lengths["unended_share"] == pytest.approx(sum(not r["ended"] for r in results) / len(results))
+    assert any("without [SEP]" in n for n in payload["notes"]) == (lengths["unended_share"] > 0)
     # emotion accuracy by hand from the two caption files
     _, cap_dir = captioned
     results = json.loads((cap_dir / "captions.json").read_text())
