@@ -80,33 +80,31 @@ def mask_tokens(
     with `seq_len` = n + 2 its non-[PAD] length, the candidates are positions 1 .. seq_len-1: every word
     piece *and [SEP]* ("it is important to mask [SEP]": it is the end-of-sentence token the decoder must
     learn to emit), never [CLS] or [PAD]. n_masked = min(max(round(mask_prob * seq_len), 1), max_masked)
-    (Python's round, [CLS] and [SEP] counted in seq_len, as SwinBERT does) of them are chosen uniformly;
+    (round half to even, as Python's round; [CLS] and [SEP] counted in seq_len, as SwinBERT does) of them are chosen uniformly;
     each becomes [MASK] with p 0.8, a random token with p 0.1, stays itself with p 0.1. The random token is
     drawn from the non-special ids (SwinBERT draws from the whole vocabulary, so it can put [CLS]/[PAD]
     inside a caption; not worth copying).
 
     Returns (masked input_ids, labels) with labels = original id where chosen, -100 elsewhere."""
-    ids = input_ids.clone()
-    labels = torch.full_like(input_ids, -100)
+    B, L = input_ids.shape
     special = torch.tensor(sorted(special_ids), dtype=input_ids.dtype)
     normal = torch.ones(vocab_size, dtype=torch.bool)
     normal[special[special < vocab_size]] = False
     normal_ids = normal.nonzero().squeeze(1)
-    seq_lens = (input_ids != pad_id).sum(dim=1).tolist()
-    for b, seq_len in enumerate(seq_lens):
-        if seq_len < 2:
-            continue
-        cand = torch.arange(1, seq_len)
-        n = min(max(int(round(mask_prob * seq_len)), 1), max_masked, cand.numel())
-        chosen = cand[torch.randperm(cand.numel(), generator=generator)[:n]]
-        labels[b, chosen] = input_ids[b, chosen]
-        u = torch.rand(n, generator=generator)
-        to_mask = chosen[u < 0.8]
-        to_rand = chosen[(u >= 0.8) & (u < 0.9)]
-        ids[b, to_mask] = mask_id
-        if to_rand.numel():
-            pick = torch.randint(len(normal_ids), (to_rand.numel(),), generator=generator)
-            ids[b, to_rand] = normal_ids[pick].to(ids.dtype)
+    seq_len = (input_ids != pad_id).sum(dim=1)                                  # (B,)
+    pos = torch.arange(L)
+    cand = (pos[None] >= 1) & (pos[None] < seq_len[:, None])                    # (B, L)
+    n = torch.round(mask_prob * seq_len.double()).long().clamp(min=1, max=max_masked)
+    n = torch.minimum(n, (seq_len - 1).clamp(min=0))
+    # a uniform random subset of n candidates per row: the n candidates with the smallest random keys
+    keys = torch.rand(B, L, generator=generator).masked_fill_(~cand, 2.0)
+    rank = torch.empty(B, L, dtype=torch.long).scatter_(1, keys.argsort(dim=1), pos.expand(B, L).contiguous())
+    chosen = cand & (rank < n[:, None])
+    u = torch.rand(B, L, generator=generator)
+    random_words = normal_ids[torch.randint(len(normal_ids), (B, L), generator=generator)].to(input_ids.dtype)
+    ids = torch.where(chosen & (u < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    ids = torch.where(chosen & (u >= 0.8) & (u < 0.9), random_words, ids)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
     return ids, labels
 
 
@@ -165,6 +163,28 @@ def aucl_pairs(D_matched: Tensor, tau_c: float, margin: float) -> Tensor:
     return (1 - Y) * D_matched.pow(2) + Y * (margin - D_matched).clamp(min=0).pow(2)
 
 
+def match_all(D: Tensor, word_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Hungarian matching of every clip at once: D (B, K, Lt) cosines, word_valid (B, Lt). One device-to-host
+    copy of D; per clip, scipy's linear_sum_assignment over its valid words (maximising sum D). Returns
+    the matched (clip, AU prompt, word position) index tensors, on D's device."""
+    D_np = D.detach().float().cpu().numpy()
+    valid_np = word_valid.detach().cpu().numpy()
+    bs, rs, cs = [], [], []
+    for b in range(D_np.shape[0]):
+        cols = np.flatnonzero(valid_np[b])
+        if cols.size == 0:
+            continue
+        r, c = linear_sum_assignment(D_np[b][:, cols], maximize=True)
+        bs.append(np.full(r.size, b))
+        rs.append(r)
+        cs.append(cols[c])
+    if not bs:
+        empty = torch.zeros(0, dtype=torch.long, device=D.device)
+        return empty, empty, empty
+    return tuple(torch.as_tensor(np.concatenate(x), dtype=torch.long).to(D.device, non_blocking=True)
+                 for x in (bs, rs, cs))
+
+
 @_no_autocast
 def au_align_loss(
     name: str,
@@ -177,37 +197,35 @@ def au_align_loss(
     word_ids: Tensor | None = None,
     embedding_weight: Tensor | None = None,
 ) -> Tensor:
-    """AU-word alignment loss `name` (see the module docstring) averaged over the batch, in fp32.
-    au_prompts (B, K, H), word_prompts (B, Lt, H), word_valid (B, Lt) bool; `ce` also needs word_ids (B, Lt)
-    and the word embedding table (V, H). Captions without a real word contribute nothing."""
+    """AU-word alignment loss `name` (see the module docstring) in fp32, the mean over every term of every
+    clip. au_prompts (B, K, H), word_prompts (B, Lt, H), word_valid (B, Lt) bool; `ce` also needs word_ids
+    (B, Lt) and the word embedding table (V, H). Captions without a real word contribute nothing.
+
+    Batched: one (B, K, Lt) cosine matrix, one host copy for all the matchings (`match_all`), no per-clip
+    tensor ops."""
     if name not in AU_LOSSES:
         raise ValueError(f"unknown AU-word loss {name!r} (one of {', '.join(AU_LOSSES)})")
-    terms: list[Tensor] = []
-    for b in range(au_prompts.shape[0]):
-        a = au_prompts[b].float()
-        valid = word_valid[b]
-        if not bool(valid.any()):
-            continue
-        w = word_prompts[b][valid].float()
-        D = cosine_matrix(a, w)                                    # (K, W)
-        rows, cols = hungarian(D)
-        r, c = torch.as_tensor(rows, device=D.device), torch.as_tensor(cols, device=D.device)
-        if name == "aucl":
-            terms.append(aucl_pairs(D[r, c], tau_c, margin))
-        elif name == "ce":
-            if word_ids is None or embedding_weight is None:
-                raise ValueError("AU-word loss 'ce' needs word_ids and embedding_weight")
-            target = word_ids[b][valid][c]
-            logits = a[r] @ embedding_weight.float().t()
-            terms.append(F.cross_entropy(logits, target, reduction="none"))
-        else:  # contrastive
-            Y = torch.zeros_like(D)
-            Y[r, c] = 1.0
-            d = 1 - D
-            terms.append((Y * d.pow(2) + (1 - Y) * (margin - d).clamp(min=0).pow(2)).flatten())
-    if not terms:
-        return au_prompts.float().sum() * 0.0 + word_prompts.float().sum() * 0.0
-    return torch.cat(terms).mean()
+    if name == "ce" and (word_ids is None or embedding_weight is None):
+        raise ValueError("AU-word loss 'ce' needs word_ids and embedding_weight")
+    a = F.normalize(au_prompts.float(), dim=-1, eps=1e-8)
+    w = F.normalize(word_prompts.float(), dim=-1, eps=1e-8)
+    D = a @ w.transpose(1, 2)                                      # (B, K, Lt)
+    bi, ri, ci = match_all(D, word_valid)
+    zero = au_prompts.float().sum() * 0.0 + word_prompts.float().sum() * 0.0
+    if bi.numel() == 0:
+        return zero
+    if name == "aucl":
+        return aucl_pairs(D[bi, ri, ci], tau_c, margin).mean()
+    if name == "ce":
+        logits = au_prompts[bi, ri].float() @ embedding_weight.float().t()
+        return F.cross_entropy(logits, word_ids[bi, ci])
+    # contrastive: every (AU prompt, valid word) pair of the clips that have a word
+    Y = torch.zeros_like(D)
+    Y[bi, ri, ci] = 1.0
+    d = 1 - D
+    per_pair = Y * d.pow(2) + (1 - Y) * (margin - d).clamp(min=0).pow(2)
+    pairs = word_valid[:, None, :].expand_as(D).to(D.dtype)
+    return (per_pair * pairs).sum() / pairs.sum()
 
 
 # ------------------------------------------------------------------ all losses of one step

@@ -225,3 +225,51 @@ def test_mlm_masking_one_word_masks_word_and_sep():
     _, labels = mask_tokens(ids, pad_id=0, special_ids={0, 1, 2, 3, 4}, mask_id=4, vocab_size=10,
                             generator=torch.Generator().manual_seed(1))
     assert labels.tolist() == [[-100, 7, 3, -100]]      # seq_len 3 -> round(1.5) = 2: the word and [SEP]
+
+
+def _per_clip_reference(name, au, words, valid, word_ids=None, emb=None, tau_c=0.3, margin=0.5):
+    """The straightforward per-clip form (one cosine matrix and one matching per clip): what the batched
+    `au_align_loss` must equal."""
+    from scipy.optimize import linear_sum_assignment
+
+    terms = []
+    for b in range(au.shape[0]):
+        if not valid[b].any():
+            continue
+        w = words[b][valid[b]]
+        D = torch.nn.functional.normalize(au[b], dim=-1, eps=1e-8) @ torch.nn.functional.normalize(w, dim=-1, eps=1e-8).t()
+        r, c = linear_sum_assignment(D.detach().numpy(), maximize=True)
+        r, c = torch.as_tensor(r), torch.as_tensor(c)
+        if name == "aucl":
+            Dm = D[r, c]
+            Y = (Dm > tau_c).float()
+            terms.append((1 - Y) * Dm ** 2 + Y * (margin - Dm).clamp(min=0) ** 2)
+        elif name == "ce":
+            terms.append(torch.nn.functional.cross_entropy(au[b][r] @ emb.t(), word_ids[b][valid[b]][c], reduction="none"))
+        else:
+            Y = torch.zeros_like(D)
+            Y[r, c] = 1
+            d = 1 - D
+            terms.append((Y * d ** 2 + (1 - Y) * (margin - d).clamp(min=0) ** 2).flatten())
+    return torch.cat(terms).mean()
+
+
+@pytest.mark.parametrize("name", ["aucl", "ce", "contrastive"])
+def test_batched_au_losses_equal_the_per_clip_form(name):
+    """One batched cosine matrix and one host copy for all matchings give the per-clip values and gradients;
+    ragged captions (different numbers of words, one with none) included."""
+    g = torch.Generator().manual_seed(0)
+    B, K, Lt, H, V = 6, 3, 9, 16, 30
+    au = torch.randn(B, K, H, generator=g, requires_grad=True)
+    words = torch.randn(B, Lt, H, generator=g)
+    valid = torch.zeros(B, Lt, dtype=torch.bool)
+    for b, n in enumerate([7, 2, 0, 5, 1, 4]):      # fewer words than prompts too
+        valid[b, 1:1 + n] = True
+    ids = torch.randint(5, V, (B, Lt), generator=g)
+    emb = torch.randn(V, H, generator=g)
+    got = au_align_loss(name, au, words, valid, word_ids=ids, embedding_weight=emb)
+    (g1,) = torch.autograd.grad(got, au)
+    ref = _per_clip_reference(name, au, words, valid, word_ids=ids, emb=emb)
+    (g2,) = torch.autograd.grad(ref, au)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-5)
