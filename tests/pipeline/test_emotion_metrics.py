@@ -138,3 +138,12 @@ def test_lexicon_hash_follows_contents_not_place(lexicon_dir, tmp_path):
 def test_captions_without_references_are_refused(lexicon_dir):
     with pytest.raises(UserError, match="no references"):
         count_emotions({"v9": "happy"}, {}, load_lexicon(lexicon_dir))
+
+
+def test_shipped_mafw_lexicon_covers_the_mafw_classes():
+    from pipeline.config import MAFW_EMOTIONS, PRESET_DIR
+
+    lex = load_lexicon(PRESET_DIR / "lexicons" / "mafw")
+    assert sorted(lex.categories) == sorted(MAFW_EMOTIONS)
+    assert lex.duplicates == {}
+    assert lex.categories_in("a man looks frightened, then smiles") == {"fear", "happiness"}
