@@ -83,8 +83,10 @@ def export_bundle(run_dir: Path | str, out_dir: Path | str, *, checkpoint: str =
     atomic_write_text(tmp / "emotions.txt", "".join(e + "\n" for e in cap.emotions))
     atomic_write_text(tmp / "extractors.json", json.dumps(cap.setup.to_dict(), indent=2) + "\n")
     atomic_write_text(tmp / MANIFEST, "".join(f"{_sha256(tmp / name)}  {name}\n" for name in FILES))
-    if out_dir.exists():
+    if out_dir.is_dir():
         shutil.rmtree(out_dir)
+    elif out_dir.exists():
+        out_dir.unlink()  # a file in the way, replaced under --force
     tmp.rename(out_dir)
     return out_dir
 

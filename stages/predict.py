@@ -74,6 +74,11 @@ def command(
         raise UserError(f"--batch-size {batch_size}: must be at least 1")
     if beam is not None and beam < 1:
         raise UserError(f"--beam {beam}: must be at least 1")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device here (use --device cpu or auto)")
     paths = video_paths(videos)
     kw = dict(device=device, weights_dir=str(weights_dir) if weights_dir else None, beam_size=beam,
               max_length=max_length, top_aus=top_aus)

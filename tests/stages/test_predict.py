@@ -128,3 +128,17 @@ def test_predict_refuses_a_damaged_model_folder(chain, bundle, tmp_path):
     res = CliRunner().invoke(app, ["predict", str(chain[4][0].video), "--model", str(copy)])
     assert res.exit_code == 2
     assert "emotions.txt: altered" in res.stderr and "Traceback" not in res.output
+
+
+def test_predict_real_mafw_clips(chain, mafw_samples):
+    """Real MAFW videos (other sizes and encodings than the demo's) through the same path; the input folder
+    is only read."""
+    cfg, run_dir, _, _, _ = chain
+    before = _tree(mafw_samples)
+    res, records = _predict(mafw_samples, "--run", run_dir, "--json", "--batch-size", "2")
+    assert res.exit_code == 0, res.output
+    videos = sorted(p for p in mafw_samples.iterdir() if p.suffix == ".mp4")
+    assert [r["video"] for r in records] == [str(v) for v in videos]
+    for r in records:
+        assert "error" not in r and r["emotion"] in cfg.data.emotions
+    assert _tree(mafw_samples) == before
