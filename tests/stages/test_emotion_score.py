@@ -63,8 +63,15 @@ def test_lexicon_adds_the_four_metrics(tmp_path, caption_dir, lexicon):
     assert m["BFS"] == pytest.approx(bleu + 0.1 * (0.5 + acc_c))
     assert m["CFS"] == pytest.approx(0.8 * m["CIDEr"] + 0.1 * (0.5 + acc_c))
     assert set(EMOTION_METRICS) <= set(parts["extra"]["metrics"])
-    # what `ecpa compare` and the sweep CSV read
-    assert set(EMOTION_METRICS) <= set(read_scores(out))
+    # what `ecpa compare` and the sweep read (a sweep point's metrics are read_scores of its score output)
+    scores = read_scores(out)
+    assert set(EMOTION_METRICS) <= set(scores)
+    from pipeline.sweep import SweepPoint, write_csv
+
+    csv_path = write_csv(tmp_path / "sweep.csv", ["model.top_k"], [SweepPoint({"model.top_k": 3}, {}, scores)])
+    header, row = csv_path.read_text().splitlines()
+    cells = dict(zip(header.split(","), row.split(",")))
+    assert float(cells["Acc_sw"]) == pytest.approx(0.5) and float(cells["CFS"]) == pytest.approx(m["CFS"])
 
 
 def test_without_lexicon_the_metrics_are_absent(tmp_path, caption_dir):
