@@ -5,3 +5,7 @@ multimodal transformer trained on cached tensors) share this package. Importing 
 effects: no CLI, no downloads, no files written.
 """
 __version__ = "0.1.0"
+
+from pipeline.bundle import load_captioner  # noqa: E402  (light: torch & co. load on first call)
+
+__all__ = ["load_captioner"]

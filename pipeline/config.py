@@ -248,6 +248,10 @@ class ScoreConfig:
     """Metrics reported in the summary (all of BLEU-1..4, METEOR, ROUGE-L, CIDEr are computed)."""
     meteor: bool = True
     """Compute METEOR (needs Java)."""
+    emotion_lexicon: str = ""
+    """Emotion lexicon folder (one <category>.txt per emotion category, one word per line, e.g. EmVidCap's
+    34 categories): adds Acc_sw, Acc_c, BFS and CFS (pipeline.emotion_metrics); empty: not reported. Keyed by
+    the files' contents, not the path."""
 
 
 @dataclass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import typer
 
 from stages import caption, chain, data, extract, protocols, score, show, train
+from stages import export, predict
 
 app = typer.Typer(
     name="ecpa",
@@ -29,6 +30,8 @@ app.command("compare", help="One table of metrics and differing config fields fo
 app.command("show", help="A PNG/HTML sheet for chosen clips: frames, caption, references, emotion, top AUs.")(show.command)
 app.command("cross", help="Cross-dataset protocol: train on one cache, caption and score another.")(protocols.cross_command)
 app.command("zeroshot", help="Zero-shot protocol: caption and score an MSVD/MSR-VTT cache with a trained run.")(protocols.zeroshot_command)
+app.command("predict", help="Caption any video with a trained run or exported model: caption, emotion, top AUs.")(predict.command)
+app.command("export", help="Write a trained run as a self-contained model folder (safetensors + checksums).")(export.command)
 
 
 def train_entry() -> None:

@@ -1,7 +1,8 @@
 """Score captions with pycocoevalcap (BLEU-1..4, METEOR, ROUGE-L, CIDEr) and emotion accuracy.
 
 Output: .../captions/<caption-key>/scores/<score-key>/
-    scores.json   {"metrics": {Bleu_1..4, METEOR, ROUGE_L, CIDEr, emotion_acc}, "clips", "emotion_clips", "notes"}
+    scores.json   {"metrics": {Bleu_1..4, METEOR, ROUGE_L, CIDEr, emotion_acc [, Acc_sw, Acc_c, BFS, CFS with
+                  score.emotion_lexicon]}, "clips", "emotion_clips", "notes" [, "emotion_word_counts"]}
     per_clip.csv  clip, emotion true/predicted, caption, references, per-clip BLEU-4 / METEOR / ROUGE-L / CIDEr
                   (sorted by CIDEr, worst first: the error-analysis view)
     config.yaml, stage.json
@@ -39,7 +40,15 @@ PER_CLIP_FILE = "per_clip.csv"
 
 
 def config_slice(cfg: Config) -> dict:
-    return section_slice(cfg.score)
+    """The score fields; the emotion lexicon by its contents (and left out when none is set, so scores
+    computed before the field existed keep their keys)."""
+    s = section_slice(cfg.score)
+    lexicon = s.pop("emotion_lexicon")
+    if lexicon:
+        from pipeline.emotion_metrics import lexicon_hash
+
+        s["emotion_lexicon"] = f"sha256:{lexicon_hash(lexicon)}" if Path(lexicon).is_dir() else f"missing:{lexicon}"
+    return s
 
 
 def _load_json(path: Path):
@@ -100,6 +109,11 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
     unknown = [m for m in scfg.metrics if m not in ALL_METRICS]
     if unknown:
         raise UserError(f"score.metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(ALL_METRICS)}")
+    lexicon = None
+    if getattr(scfg, "emotion_lexicon", ""):  # read first: a bad lexicon stops before the slow scoring
+        from pipeline.emotion_metrics import load_lexicon
+
+        lexicon = load_lexicon(scfg.emotion_lexicon)
     results, refs = read_caption_output(caption_dir)
     gts: dict[str, list[str]] = {}
     for a in refs["annotations"]:
@@ -130,6 +144,13 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
     if lengths["unended_share"]:
         notes.append(f"{100 * lengths['unended_share']:.1f}% of the captions reached caption.max_length without "
                      "[SEP]: they were cut, not ended")
+    emotion_counts = None
+    if lexicon is not None:
+        from pipeline.emotion_metrics import emotion_metrics
+
+        emo, emotion_counts, emo_notes = emotion_metrics(res, gts, lexicon, corpus)
+        metrics.update(emo)
+        notes += emo_notes
 
     baseline = None
     if baselines is not None:
@@ -139,12 +160,18 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
             base_metrics = score_captions(gts, const, metrics=ALL_METRICS, meteor=scfg.meteor)
         base_metrics["emotion_acc"] = (sum(true[k] == baselines["emotion"] for k in known) / len(known)
                                        if known and baselines["emotion"] is not None else None)
+        if lexicon is not None:
+            from pipeline.emotion_metrics import emotion_metrics
+
+            base_metrics.update(emotion_metrics(const, gts, lexicon, base_metrics)[0])
         baseline = {"caption": baselines["caption"], "emotion": baselines["emotion"],
                     "emotion_chance": baselines["chance"], "metrics": base_metrics}
 
     out_dir = Path(out_dir)
     payload = {"metrics": metrics, "lengths": lengths, "baseline": baseline, "clips": len(res),
                "emotion_clips": len(known), "notes": notes, "caption_dir": str(caption_dir)}
+    if emotion_counts is not None:
+        payload["emotion_word_counts"] = emotion_counts
     atomic_write_text(out_dir / SCORES_FILE, json.dumps(payload, indent=2) + "\n")
     atomic_write_text(out_dir / PER_CLIP_FILE, per_clip_csv(res, gts, true, pred, per_clip))
     return {
@@ -214,7 +241,7 @@ def print_scores(rec: dict, out_dir: Path, title: str = "scores", skip_notes: li
         t.add_column("constant caption / majority emotion", justify="right")
     configured = rec.get("config", {}).get("metrics", [])
     order = list(dict.fromkeys([*configured, "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "Bleu_1", "Bleu_2", "Bleu_3",
-                                "emotion_acc"]))
+                                "emotion_acc", "Acc_sw", "Acc_c", "BFS", "CFS"]))
     for m in order:
         if m in metrics:
             cells = [metrics[m]] + ([base.get(m)] if base else [])
