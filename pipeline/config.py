@@ -210,6 +210,9 @@ class TrainConfig:
     """Weight of SwinBERT's sparse-attention L1 loss (with sparse_attention on)."""
     precision: str = "auto"
     """Autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."""
+    grad_checkpoint: bool = knob(False)
+    """Recompute each transformer layer in the backward pass (gradient checkpointing): much less activation
+    memory for about a third more compute; same results."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
     num_workers: int = knob(0)

@@ -391,6 +391,7 @@ def train(
     seed_everything(tc.seed)
     model = build_model(mc, tokenizer, num_emotions=len(cfg.data.emotions), shapes=shapes,
                         emotion_readout=emotion_readout(tc))
+    model.grad_checkpoint = tc.grad_checkpoint
     if mc.init_from:
         from pipeline.models.bert_init import load_bert_init
 

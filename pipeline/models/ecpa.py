@@ -147,6 +147,8 @@ class ECPA(nn.Module):
         )
 
         self.encoder = BertEncoder(self.bert_config)
+        self.grad_checkpoint = False
+        """Recompute each layer's activations in the backward pass (train.grad_checkpoint): less memory."""
 
         # ---- heads ----
         self.mlm_transform = nn.Sequential(nn.Linear(H, H), nn.GELU(), nn.LayerNorm(H, eps=1e-12))
@@ -343,6 +345,17 @@ class ECPA(nn.Module):
         feats = [f for f in (er, None if cls is None else cls.mean(dim=1)) if f is not None]
         return self.emotion_head(torch.cat(feats, dim=-1))
 
+    def run_encoder(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The BERT layers over x with the additive mask; with `grad_checkpoint` in training, each layer's
+        activations are recomputed in the backward pass instead of kept (same values, same gradients)."""
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            for layer in self.encoder.layer:
+                x = checkpoint(layer, x, mask, use_reentrant=False)
+            return x
+        return self.encoder(x, attention_mask=mask).last_hidden_state
+
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
         dev = x.device.type
         return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
@@ -360,7 +373,7 @@ class ECPA(nn.Module):
         Lt, Lc = input_ids.shape[1], ctx.shape[1]
         mask = self.attention_mask(Lt, valid, cap_valid=input_ids != self.pad_id, n_sentence=n_sent,
                                    dtype=self._compute_dtype(x))
-        h = self.encoder(x, attention_mask=mask).last_hidden_state
+        h = self.run_encoder(x, mask)
         return {"cap": h[:, :Lt], "ctx": h[:, Lt:Lt + Lc], "sent": h[:, Lt + Lc:] if n_sent else None, "ctx_emb": ctx}
 
     def encode(self, batch: dict, input_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
