@@ -171,14 +171,24 @@ def rows_train_mafw(r: dict) -> list[Row]:
     mem = need(r, "peak_memory")
     gib = peak_gib(r)
     b = need(r, "batch")
+    ckpt = ", gradient checkpointing" if r.get("grad_checkpoint") else ""
     note = "" if b == 32 else f"batch {b}: batch 32 does not fit the 10-minute budget on this CPU"
-    return [
-        Row(what=f"peak memory of training at MAFW shapes, batch {b} ({r.get('device', '?')})", figure=gib,
+    rows = [
+        Row(what=f"peak memory of training at MAFW shapes, batch {b}{ckpt} ({r.get('device', '?')})", figure=gib,
             unit="GiB", target=REPORT, detail=f"{mem}; {note}".strip("; "), bench="bench_train --mafw-shapes"),
-        Row(what=f"training steps/s at MAFW shapes, batch {b} ({r.get('device', '?')})",
+        Row(what=f"training steps/s at MAFW shapes, batch {b}{ckpt} ({r.get('device', '?')})",
             figure=need(r, "steps_per_s"), unit="steps/s", higher_is_better=True, target=REPORT,
             bench="bench_train --mafw-shapes"),
     ]
+    if "utilisation" in r:   # the ratio column is the utilisation: achieved FLOP/s over the matmul rate
+        rows.append(Row(
+            what=f"training utilisation at MAFW shapes, batch {b}{ckpt}: achieved GFLOP/s (torch flop_counter x "
+                 "steps/s) vs this machine's 2048^2 matmul GFLOP/s, same run",
+            figure=need(r, "flops_per_step") * need(r, "steps_per_s") / 1e9, unit="GFLOP/s", higher_is_better=True,
+            baseline=need(r, "matmul_flops_per_s") / 1e9, baseline_what="dense matmul, best of 5",
+            target=at_least(0.65) if b >= 4 and not r.get("grad_checkpoint") else REPORT,
+            detail=f"{need(r, 'flops_per_step') / 1e9:.0f} GFLOP per step", bench="bench_train --mafw-shapes"))
+    return rows
 
 
 def rows_extract(r: dict) -> list[Row]:
@@ -240,6 +250,8 @@ SPECS = [
          "peak memory of training at MAFW shapes (CPU)"),
     Spec("train_mafw_b2", "bench_train", ["--mafw-shapes", "--batch", "2", "--steps", "1"], rows_train_mafw, 150,
          "peak memory of training at MAFW shapes (CPU), second batch size for the batch-32 estimate"),
+    Spec("train_mafw_ckpt", "bench_train", ["--mafw-shapes", "--batch", "2", "--steps", "1", "--grad-checkpoint"],
+         rows_train_mafw, 180, "peak memory of training at MAFW shapes with train.grad_checkpoint (CPU)"),
 ]
 
 

@@ -30,6 +30,35 @@ def _step(model, opt, batch, tok, tcfg, device):
     opt.step()
 
 
+def matmul_flops_per_s(device, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's dense fp32 matmul rate (bf16 on CUDA), n x n, best of `repeats`: the utilisation
+    denominator, measured in the same process as the figure it divides."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def step_flops(model, opt, batch, tok, tcfg, device) -> int:
+    """FLOPs of one training step (forward + backward) counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _step(model, opt, batch, tok, tcfg, device)
+    return int(counter.get_total_flops())
+
+
 def _peak_mem(device) -> str:
     if device.type == "cuda":
         return f"CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
@@ -89,7 +118,7 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
     return res
 
 
-def mafw_shapes(steps: int, batch: int) -> dict:
+def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
     from pipeline.config import load_config
     from pipeline.models.ecpa import ECPA
 
@@ -98,6 +127,7 @@ def mafw_shapes(steps: int, batch: int) -> dict:
     torch.manual_seed(0)
     model = ECPA(cfg.model, vocab_size=30522, cls_id=101, sep_id=102, mask_id=103, pad_id=0, num_emotions=11,
                  video_tokens=784, video_channels=1024).to(device).train()
+    model.grad_checkpoint = grad_checkpoint
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     class Tok:
@@ -121,8 +151,16 @@ def mafw_shapes(steps: int, batch: int) -> dict:
             torch.cuda.synchronize()
     rate = steps / (time.perf_counter() - t)
     mem = _peak_mem(device)
-    print(f"MAFW shapes: 784x1024 video tokens, 12 layers x 768, batch {B}, {device}: {rate:.3f} steps/s, {mem}")
-    return {"steps_per_s": rate, "peak_memory": mem, "batch": B, "device": str(device)}
+    with amp:
+        flops = step_flops(model, opt, b, Tok, cfg.train, device)
+    peak = matmul_flops_per_s(device)
+    util = flops * rate / peak
+    print(f"MAFW shapes: 784x1024 video tokens, 12 layers x 768, batch {B}, {device}, grad checkpointing "
+          f"{'on' if grad_checkpoint else 'off'}: {rate:.3f} steps/s, {mem}")
+    print(f"  {flops / 1e9:.0f} GFLOP per step ({flops / B / 1e9:.0f} per clip) -> {flops * rate / 1e9:.1f} GFLOP/s "
+          f"achieved vs {peak / 1e9:.1f} GFLOP/s matmul peak: utilisation {100 * util:.0f}%")
+    return {"steps_per_s": rate, "peak_memory": mem, "batch": B, "device": str(device), "flops_per_step": flops,
+            "matmul_flops_per_s": peak, "utilisation": util, "grad_checkpoint": grad_checkpoint}
 
 
 def main(argv=None) -> dict:
@@ -131,10 +169,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--mafw-shapes", action="store_true")
+    ap.add_argument("--grad-checkpoint", action="store_true", help="train.grad_checkpoint on (MAFW shapes)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2 if not torch.cuda.is_available() else 16)))
     if a.mafw_shapes:
-        return mafw_shapes(a.steps or 2, a.batch)
+        return mafw_shapes(a.steps or 2, a.batch, a.grad_checkpoint)
     return cached_vs_e2e(a.steps or 6, a.clips)
 
 
