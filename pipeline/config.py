@@ -56,6 +56,9 @@ class DataConfig:
     """MAFW's official split set number n (set_1 .. set_5)."""
     emotions: list[str] = field(default_factory=lambda: list(MAFW_EMOTIONS))
     """Emotion class names, in class-index order."""
+    overlap: str = "test"
+    """A video listed for both train and test (EmVidCap-L's vid80703): 'test' keeps it in test, drops it from
+    train and warns naming it; 'error' stops with the file and line."""
     val_fraction: float = 0.1
     """Share of the training clips held out for per-epoch validation when the dataset has no val split."""
     demo_clips: int = 240
