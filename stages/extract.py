@@ -244,6 +244,10 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     if extractors is None:  # stops here, before anything is written, when a checkpoint is missing
         extractors = build_extractors(ex, len(cfg.data.emotions), device if scheduler is None and not workers_cluster
                                       else "cpu", seed=SEED, memo_dir=cfg.cache_dir)
+    if ex.face_detector == "mtcnn":  # its ONNX files must be there before any clip is decoded
+        from pipeline.mtcnn import _nets
+
+        _nets()
     _warn_random_init(extractors.provenance)
     shapes = extractors.shapes(ex.num_frames, ex.au_frames, ex.crop)
     t_build = time.perf_counter() - t0
