@@ -115,7 +115,8 @@ def _open_or_create_store(store_path: Path, fingerprints: dict[str, str], shapes
             validate_store(g, store_path, expect=shapes)
         except CacheMismatchError as e:
             raise CacheMismatchError(f"{e}; rerun with --force to start this extraction over") from None
-        if any(sync_rows(g, fingerprints, dry_run=True).__dict__[k] for k in ("added", "redone")):
+        ahead = sync_rows(g, fingerprints, dry_run=True)
+        if ahead.added or ahead.redone:
             (store_path.parent / "stage.json").unlink(missing_ok=True)
         return g, sync_rows(g, fingerprints)
     ids = list(fingerprints)
@@ -244,6 +245,10 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     if extractors is None:  # stops here, before anything is written, when a checkpoint is missing
         extractors = build_extractors(ex, len(cfg.data.emotions), device if scheduler is None and not workers_cluster
                                       else "cpu", seed=SEED, memo_dir=cfg.cache_dir)
+    from pipeline.faces import MODES
+
+    if ex.face_detector not in MODES:
+        raise UserError(f"extract.face_detector={ex.face_detector!r}; expected one of {', '.join(MODES)}")
     if ex.face_detector == "mtcnn":  # its ONNX files must be there before any clip is decoded
         from pipeline.mtcnn import _nets
 
