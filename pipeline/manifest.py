@@ -214,9 +214,10 @@ def _data_config(cfg: Config) -> Config:
     return base
 
 
-def ensure_manifest(cfg: Config) -> str:
+def ensure_manifest(cfg: Config, notes: list[str] | None = None) -> str:
     """Build `cfg.manifest_path` (generating the demo dataset first when asked for and absent), write it
-    only when its content changed, save the data config beside it, and return the sha256 of its bytes."""
+    only when its content changed, save the data config beside it, and return the sha256 of its bytes.
+    The adapters' warnings are logged when the file changes, and always appended to `notes` when given."""
     if cfg.data.format == "demo":
         from pipeline.demo_data import generate
 
@@ -230,20 +231,34 @@ def ensure_manifest(cfg: Config) -> str:
             generate(Path(cfg.data.root), n_clips=cfg.data.demo_clips, seed=cfg.data.demo_seed,
                      video_size=cfg.data.demo_video_size)
 
-    notes: list[str] = []
-    clips = build_manifest(cfg, notes)  # validates everything before anything is written
+    found: list[str] = []
+    clips = build_manifest(cfg, found)  # validates everything before anything is written
+    if notes is not None:
+        notes.extend(found)
     data = manifest_text(clips).encode()
     path = cfg.manifest_path
     if not (path.is_file() and path.read_bytes() == data):
         atomic_write_text(path, data.decode())
-        for note in notes:
-            log.warning("manifest %s: %s", path, note)
+        if notes is None:
+            for note in found:
+                log.warning("manifest %s: %s", path, note)
 
     saved = _data_config(cfg).to_yaml()
     cfg_path = cfg.cache_dir / "config.yaml"
     if not (cfg_path.is_file() and cfg_path.read_text() == saved):
         atomic_write_text(cfg_path, saved)  # the text pipeline.config.save_config writes, but atomic
     return content_hash(clips, Path(cfg.data.root))
+
+
+def split_counts(clips: list[Clip]) -> dict[str, tuple[int, int]]:
+    """split -> (clips, captions), in SPLITS order (splits without clips left out): what `ecpa manifest`
+    prints, to compare with the paper's table of the dataset."""
+    out = {}
+    for split in SPLITS:
+        part = [c for c in clips if c.split == split]
+        if part:
+            out[split] = (len(part), sum(len(c.captions) for c in part))
+    return out
 
 
 def content_hash(clips: list[Clip], root: Path) -> str:

@@ -16,6 +16,15 @@ reader or a resumed run trusts exactly the clips marked done.
 | face/boxes   | (N, F, 4)          | f32   |  x0, y0, x1, y1 of the square face crop in centre-crop pixels
                                                  (may reach outside [0, crop]: crops come from the full frame);
                                                  NaN only for clips that are not done
+| face/source  | (N, F)             | u1    |  how each frame's box was found: FACE_SOURCES (255: not done)
+| fingerprint  | (N,)               | str   |  the clip's video identity (pipeline.fingerprint), written by
+                                                 the driver before the clip is (re)extracted; one chunk, like
+                                                 clip_id (workers never write either)
+
+Rows follow the manifest as it was when each clip was first extracted: a later run appends rows for new
+clips (`sync_rows`), clears `done` of clips whose video changed, and keeps the rows of clips the manifest
+no longer names (ignored by readers, which look clips up by id; fresh again if the clip comes back
+unchanged).
 """
 from __future__ import annotations
 
@@ -28,7 +37,13 @@ import numpy as np
 from pipeline.errors import CacheMismatchError
 
 STORE_NAME = "store.zarr"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+FACE_SOURCES = ("detected", "tracked", "interpolated", "fallback")
+"""Codes of face/source, by index: a detector found the face in this frame; the box follows the face track
+from a detection in another frame (the skin detector near the track, a box file's neighbour); interpolated
+between the found frames of the track; the fallback box (no face anywhere in the clip: pipeline.faces)."""
+SOURCE_UNSET = 255
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,7 @@ class StoreShapes:
             "au/feats": ((self.au_frames, self.aus, self.au_dim), "float16"),
             "au/probs": ((self.au_frames, self.aus), "float32"),
             "face/boxes": ((self.frames, 4), "float32"),
+            "face/source": ((self.frames,), "uint8"),
         }
 
     @classmethod
@@ -93,7 +109,7 @@ def schema_arrays(shapes: StoreShapes) -> dict[str, tuple[tuple[int, ...], str, 
     """Per-clip arrays of the schema: name -> (per-clip shape, dtype, fill value); `done` first."""
     out: dict[str, tuple[tuple[int, ...], str, Any]] = {"done": ((), "bool", False)}
     for name, (shape, dtype) in shapes.arrays().items():
-        out[name] = (shape, dtype, np.nan if name == "face/boxes" else 0)
+        out[name] = (shape, dtype, {"face/boxes": np.nan, "face/source": SOURCE_UNSET}.get(name, 0))
     return out
 
 
@@ -106,8 +122,22 @@ def create_schema_array(g, name: str, n: int, shapes: StoreShapes):
                           compressors=_compressors(), config=WRITE_EMPTY_CHUNKS, overwrite=True)
 
 
-def create_store(path: Path | str, clip_ids: list[str], shapes: StoreShapes, attrs: dict[str, Any]):
-    """Create an empty store for `clip_ids` (all `done=False`) and return the open group.
+def _write_strings(g, name: str, values: list[str]) -> None:
+    """(Re)write the one-chunk string array `name` (clip_id, fingerprint) with `values`, growing it as needed."""
+    n = len(values)
+    if name not in g:
+        g.create_array(name, shape=(n,), chunks=(max(n, 1),), dtype=str)
+    arr = g[name]
+    if arr.shape[0] != n:
+        arr.resize((n,))
+    if n:
+        arr[:] = np.array(values, dtype=object).astype(str)
+
+
+def create_store(path: Path | str, clip_ids: list[str], shapes: StoreShapes, attrs: dict[str, Any],
+                 fingerprints: list[str] | None = None):
+    """Create an empty store for `clip_ids` (all `done=False`) and return the open group. `fingerprints`: each
+    clip's video fingerprint (pipeline.fingerprint), '' when not given.
 
     `path` may be a local path or any fsspec URL zarr understands (e.g. 'memory://x', 's3://...')."""
     import zarr
@@ -115,13 +145,84 @@ def create_store(path: Path | str, clip_ids: list[str], shapes: StoreShapes, att
     n = len(clip_ids)
     write_every_chunk()
     g = zarr.open_group(str(path), mode="w")
-    ids = g.create_array("clip_id", shape=(n,), chunks=(max(n, 1),), dtype=str)
-    if n:
-        ids[:] = np.array(clip_ids, dtype=object).astype(str)
+    _write_strings(g, "clip_id", list(clip_ids))
+    _write_strings(g, "fingerprint", list(fingerprints) if fingerprints is not None else [""] * n)
     for name in schema_arrays(shapes):
         create_schema_array(g, name, n, shapes)
     g.attrs.update({**attrs, "schema_version": SCHEMA_VERSION})
     return g
+
+
+@dataclass
+class RowSync:
+    """What `sync_rows` changed: clip ids added (new rows), redone (video changed: done cleared), dropped (rows
+    of clips the manifest no longer names, kept), and the row of every manifest clip."""
+
+    added: list[str]
+    redone: list[str]
+    dropped: list[str]
+    rows: dict[str, int]
+
+
+def store_fingerprints(g) -> list[str]:
+    """The fingerprint array as strings ('' per row in a store that has none)."""
+    if "fingerprint" not in g:
+        return [""] * int(g["clip_id"].shape[0])
+    return [str(x) for x in np.asarray(g["fingerprint"][:])]
+
+
+def sync_rows(g, fingerprints: dict[str, str], dry_run: bool = False) -> RowSync:
+    """Make the open, writable store `g` ready for the manifest clips `fingerprints` (id -> fingerprint): a
+    clip the store lacks gets a new row (all arrays grown, done False); a clip whose stored fingerprint differs
+    has its done flag cleared *before* its new fingerprint is written (a kill in between leaves it not done:
+    resumed, never trusted). Clips whose fingerprint matches keep their row untouched, done or not (a partial
+    run resumes them). `dry_run`: only report (for `ecpa status`)."""
+    ids = [str(x) for x in np.asarray(g["clip_id"][:])]
+    old_fps = store_fingerprints(g)
+    row_of = {c: i for i, c in enumerate(ids)}
+    added = [c for c in fingerprints if c not in row_of]
+    redone = [c for c in fingerprints if c in row_of and old_fps[row_of[c]] != fingerprints[c]]
+    dropped = [c for c in ids if c not in fingerprints]
+    rows = {c: row_of.get(c, -1) for c in fingerprints}
+    for i, c in enumerate(added):
+        rows[c] = len(ids) + i
+    if dry_run or not (added or redone):
+        return RowSync(added, redone, dropped, rows)
+    done = g["done"]
+    for c in redone:
+        done[row_of[c]] = False
+    if added:
+        n = len(ids) + len(added)
+        for name in [k for k in g.array_keys() if k not in ("clip_id", "fingerprint")] + \
+                [f"{grp}/{k}" for grp in g.group_keys() for k in g[grp].array_keys()]:
+            arr = g[name]
+            arr.resize((n, *arr.shape[1:]))
+        _write_strings(g, "clip_id", ids + added)
+    new_fps = old_fps + [""] * len(added)
+    for c in redone + added:
+        new_fps[rows[c]] = fingerprints[c]
+    _write_strings(g, "fingerprint", new_fps)
+    return RowSync(added, redone, dropped, rows)
+
+
+def clip_states(g, fingerprints: dict[str, str]) -> dict[str, int]:
+    """Counts of the manifest clips `fingerprints` (id -> fingerprint) against the store `g`: fresh (done, same
+    fingerprint), stale (in the store for another version of the video), missing (not in the store, or not
+    done: never extracted, failed, or interrupted), and dropped (store rows of clips the manifest no longer has)."""
+    ids = [str(x) for x in np.asarray(g["clip_id"][:])]
+    fps = store_fingerprints(g)
+    done = np.asarray(g["done"][:], dtype=bool)
+    row_of = {c: i for i, c in enumerate(ids)}
+    out = {"fresh": 0, "stale": 0, "missing": 0, "dropped": sum(c not in fingerprints for c in ids)}
+    for c, fp in fingerprints.items():
+        row = row_of.get(c)
+        if row is None:
+            out["missing"] += 1
+        elif fps[row] != fp:
+            out["stale"] += 1
+        else:
+            out["fresh" if done[row] else "missing"] += 1
+    return out
 
 
 def open_store(path: Path | str, mode: str = "r"):
@@ -139,7 +240,8 @@ def open_store(path: Path | str, mode: str = "r"):
 def validate_store(g, path: Path | str, expect: StoreShapes | None = None, require_all_done: bool = False) -> StoreShapes:
     """Check that the group has every array with consistent shapes (and `expect`'s shapes when given).
     Raises CacheMismatchError explaining what is wrong and how to repair it."""
-    missing = [name for name in ("clip_id", "done", *StoreShapes(0, 0, 0, 0, 0, 0, 0, 0).arrays()) if name not in g]
+    missing = [name for name in ("clip_id", "fingerprint", "done", *StoreShapes(0, 0, 0, 0, 0, 0, 0, 0).arrays())
+               if name not in g]
     if missing:
         raise CacheMismatchError(
             f"{path}: the store lacks {', '.join(missing)}; it was not written by this version of stage one "

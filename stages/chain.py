@@ -151,6 +151,13 @@ def explain(cfg: Config, p: StagePlan) -> Why:
         return Why("partial", detail=f"unfinished output in {_rel(p.out_dir, cfg.cache_dir)} (no stage.json yet); running resumes it")
     if status == "damaged":
         return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json is unreadable; running rebuilds it")
+    if status == "changed":  # extract: same key, other videos (pipeline.fingerprint)
+        from stages.extract import clip_summary, clip_summary_text
+
+        c = clip_summary(p)
+        what = clip_summary_text(c) if c else "the videos changed"
+        return Why("stale", detail=f"videos added, replaced or removed since the record ({what}); "
+                                   "running extracts only those clips, in the same store")
     if status == "stale":  # a record for another key in this key's folder (16-digit prefix clash)
         return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json holds another key; running rebuilds it")
     candidates = []
@@ -359,12 +366,17 @@ def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list
     rows = []
     for name, p in plan(cfg, upto=upto).items():
         why = explain(cfg, p)
-        if name == "extract" and why.status == "fresh":
-            why = store_damage(cfg, p, full=verify) or why
+        clips = None
+        if name == "extract":
+            from stages.extract import clip_summary
+
+            if why.status == "fresh":
+                why = store_damage(cfg, p, full=verify) or why
+            clips = clip_summary(p)
         rows.append({
             "stage": name, "key": p.key, "short": short(p.key), "dir": str(p.out_dir), "status": why.status,
             "reason": why.text(cfg.cache_dir), "changes": why.changes,
-            "nearest": str(why.nearest) if why.nearest else None,
+            "nearest": str(why.nearest) if why.nearest else None, **({"clips": clips} if clips else {}),
         })
     return rows
 
@@ -385,10 +397,15 @@ def status_command(
     t = Table(title=f"{cfg.preset}: {cfg.cache_dir}", title_justify="left")
     for col in ("stage", "key", "status", "folder", "why"):
         t.add_column(col, overflow="fold", no_wrap=col in ("stage", "key", "status"))
+    from stages.extract import clip_summary_text
+
     for r in rows:
         style = STATUS_STYLE.get(r["status"], "white")
+        why = [r["reason"]] if r["status"] != "fresh" else []
+        if r.get("clips") and r["status"] == "fresh":  # a stale extract's reason holds the counts already
+            why.append(clip_summary_text(r["clips"]))
         t.add_row(r["stage"], r["short"], f"[{style}]{r['status']}[/]", escape(_abbrev(_rel(Path(r["dir"]), cfg.cache_dir))),
-                  escape(r["reason"] if r["status"] != "fresh" else ""))
+                  escape("; ".join(why)))
     console.print(t)
 
 

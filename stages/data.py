@@ -11,19 +11,22 @@ from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config,
 
 @user_errors
 def manifest_command(preset: PresetOpt = None, set: SetOpt = None, cache: CacheOpt = None) -> None:
-    from pipeline.manifest import ensure_manifest, read_manifest
+    """Read the dataset's annotation files into cache/<name>/manifest.jsonl; print clips and captions per split."""
+    from rich.markup import escape
+
+    from pipeline.manifest import ensure_manifest, read_manifest, split_counts
 
     cfg = resolve_config(preset, set, cache)
-    digest = ensure_manifest(cfg)
+    notes: list[str] = []
+    digest = ensure_manifest(cfg, notes)
+    for note in notes:
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     clips = read_manifest(cfg.manifest_path)
-    splits: dict[str, int] = {}
-    for c in clips:
-        splits[c.split] = splits.get(c.split, 0) + 1
-    console.print(
-        f"[green]manifest[/] {cfg.manifest_path}: {len(clips)} clips "
-        + ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
-        + f" (sha256 {digest[:12]})"
-    )
+    counts = split_counts(clips)
+    console.print(f"[green]manifest[/] {escape(str(cfg.manifest_path))}: {len(clips)} clips, "
+                  f"{sum(n for _, n in counts.values())} captions (sha256 {digest[:12]})", highlight=False)
+    for split, (n_clips, n_caps) in counts.items():
+        console.print(f"  {split:5s} {n_clips:6d} clips {n_caps:7d} captions", highlight=False)
 
 
 @user_errors

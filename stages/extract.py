@@ -3,8 +3,10 @@
 Output: cache/<dataset>/features/<extract-key>/{store.zarr, errors.jsonl, config.yaml, stage.json}.
 
 Reads top to bottom: plan (key, folder) -> reuse if fresh -> build the extractors (stops here when a
-checkpoint is missing) -> lock the folder -> open the partial store or create it -> extract the
-clips not done yet (in this process, or on dask workers) -> errors.jsonl -> record, last.
+checkpoint is missing) -> lock the folder -> open the store of this key or create it -> match its rows
+to the manifest's clips by video fingerprint (new clips get rows, replaced videos are redone, removed
+ones keep their rows unused) -> extract the clips not done yet (in this process, or on dask workers)
+-> errors.jsonl -> record, last, listing what was added, redone and dropped.
 """
 from __future__ import annotations
 
@@ -22,8 +24,12 @@ from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, file_sha256, read_record, write_record
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
-VERSION = "3"
-"""Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema)."""
+VERSION = "4"
+"""Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema).
+4: the key no longer holds the videos (per-clip fingerprints in the store), face/source array, fallback boxes."""
+
+LIST_MAX = 200
+"""Clip ids listed per kind (added, redone, dropped) in the stage record; the counts are always complete."""
 
 SEED = 0
 """Seed of random-init extractors (the same in every process, so dask workers agree)."""
@@ -53,6 +59,39 @@ def config_slice(cfg: Config) -> dict:
     return s
 
 
+def clip_summary(p) -> dict | None:
+    """For `ecpa status`: the manifest clips of the extract plan `p` against its store (pipeline.store.clip_states:
+    fresh, stale, missing, dropped) and, from the record, the face fallback counts; None when there is no store."""
+    from pipeline.store import clip_states, open_store
+
+    store = p.out_dir / "store.zarr"
+    if not (store / "zarr.json").exists():
+        return None
+    try:
+        out: dict = clip_states(open_store(store), p.fingerprints or {})
+    except (CacheMismatchError, OSError, ValueError, KeyError):
+        return None  # a damaged store is reported by chain.store_damage
+    try:
+        counts = (read_record(p.out_dir) or {}).get("counts", {})
+    except Exception:  # an unreadable record is reported as damaged elsewhere
+        counts = {}
+    out["failed"] = counts.get("failed", 0)
+    out["fallback_clips"] = counts.get("fallback_clips", 0)
+    out["fallback_frames"] = counts.get("fallback_frames", 0)
+    return out
+
+
+def clip_summary_text(c: dict) -> str:
+    text = f"clips: {c['fresh']} fresh, {c['stale']} stale, {c['missing']} missing"
+    if c.get("dropped"):
+        text += f", {c['dropped']} dropped"
+    if c.get("failed"):
+        text += f" ({c['failed']} failed)"
+    if c.get("fallback_clips"):
+        text += f"; face fallback: {c['fallback_clips']} clips, {c['fallback_frames']} frames"
+    return text
+
+
 def _warn_random_init(provenance: dict[str, str]) -> None:
     random = [k for k, v in provenance.items() if v == "random-init"]
     if random:
@@ -61,10 +100,12 @@ def _warn_random_init(provenance: dict[str, str]) -> None:
             "are for trials and tests only, not for results (extract.random_init=true)[/]", highlight=False)
 
 
-def _open_or_create_store(store_path: Path, ids: list[str], shapes, attrs: dict, force: bool):
-    """The partial store of an earlier run of this key (validated), or a new empty one. A new store is
-    created under a temporary name and renamed, so an interruption never leaves a half-made group."""
-    from pipeline.store import create_store, open_store, validate_store
+def _open_or_create_store(store_path: Path, fingerprints: dict[str, str], shapes, attrs: dict, force: bool):
+    """(group, RowSync): the store of this key (validated, its rows matched to the manifest clips by
+    fingerprint: pipeline.store.sync_rows), or a new empty one. A new store is created under a temporary name
+    and renamed, so an interruption never leaves a half-made group. When clips change, the record goes first:
+    a run killed from there on leaves a store that resumes, never a record vouching for other clips."""
+    from pipeline.store import RowSync, create_store, open_store, sync_rows, validate_store
 
     if force and store_path.exists():
         shutil.rmtree(store_path)
@@ -74,24 +115,24 @@ def _open_or_create_store(store_path: Path, ids: list[str], shapes, attrs: dict,
             validate_store(g, store_path, expect=shapes)
         except CacheMismatchError as e:
             raise CacheMismatchError(f"{e}; rerun with --force to start this extraction over") from None
-        stored = [str(x) for x in np.asarray(g["clip_id"][:])]
-        if stored != ids:
-            raise CacheMismatchError(f"{store_path}: the partial store lists other clips than the manifest; "
-                                     "rerun with --force to start this extraction over")
-        return g
+        ahead = sync_rows(g, fingerprints, dry_run=True)
+        if ahead.added or ahead.redone:
+            (store_path.parent / "stage.json").unlink(missing_ok=True)
+        return g, sync_rows(g, fingerprints)
+    ids = list(fingerprints)
     tmp = store_path.with_name(store_path.name + ".creating")
     if tmp.exists():
         shutil.rmtree(tmp)
-    create_store(tmp, ids, shapes, attrs)
+    create_store(tmp, ids, shapes, attrs, [fingerprints[c] for c in ids])
     tmp.rename(store_path)
-    return open_store(store_path, mode="r+")
+    return open_store(store_path, mode="r+"), RowSync(added=ids, redone=[], dropped=[], rows={c: i for i, c in enumerate(ids)})
 
 
 def _verify_existing(store_path: Path, out_dir: Path, ids: list[str], shapes) -> dict[int, str]:
     """`--verify`: check every done clip of an existing store (chunk files present, checksums valid, done flags
     readable; a missing array is recreated), then drop the record and clear the damaged clips' done flags, so
     the run that follows extracts exactly those. Returns {row: reason}; prints the damaged clips."""
-    from pipeline.integrity import describe, verify_store
+    from pipeline.integrity import clip_ids_of, describe, verify_store
     from pipeline.store import open_store
 
     if not (store_path / "zarr.json").exists():
@@ -107,7 +148,7 @@ def _verify_existing(store_path: Path, out_dir: Path, ids: list[str], shapes) ->
     done = g["done"]
     for row in bad:
         done[row] = False
-    console.print(f"[bold yellow]verify[/]: {describe(bad, ids, limit=50)} - computing them again",
+    console.print(f"[bold yellow]verify[/]: {describe(bad, clip_ids_of(g), limit=50)} - computing them again",
                   highlight=False, soft_wrap=True)
     return bad
 
@@ -143,6 +184,18 @@ def _progress(total: int, enabled: bool):
     return Progress(TextColumn("[bold]extract[/]"), BarColumn(), MofNCompleteColumn(), Rate(""),
                     TextColumn("{task.fields[failed]} failed"), TimeRemainingColumn(),
                     console=console, disable=not enabled, transient=False)
+
+
+def face_counts(g, rows: np.ndarray) -> dict[str, int]:
+    """Frames per face/source kind over the store `rows` (done clips), and the clips with any fallback frame."""
+    from pipeline.store import FACE_SOURCES
+
+    if not len(rows):
+        return {"fallback_frames": 0, "fallback_clips": 0, "face_frames": {k: 0 for k in FACE_SOURCES}}
+    src = np.asarray(g["face/source"].get_orthogonal_selection((np.sort(rows), slice(None))))  # (n, F) u1
+    fallback = FACE_SOURCES.index("fallback")
+    return {"fallback_frames": int((src == fallback).sum()), "fallback_clips": int((src == fallback).any(axis=1).sum()),
+            "face_frames": {k: int((src == i).sum()) for i, k in enumerate(FACE_SOURCES)}}
 
 
 def _count_done(g) -> str:
@@ -184,6 +237,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
         return read_record(p.out_dir)
     clips = read_manifest(cfg.manifest_path)
     ids = [c.id for c in clips]
+    fps = p.fingerprints
     ex = cfg.extract
     device = resolve_device(ex.device)
 
@@ -191,6 +245,14 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     if extractors is None:  # stops here, before anything is written, when a checkpoint is missing
         extractors = build_extractors(ex, len(cfg.data.emotions), device if scheduler is None and not workers_cluster
                                       else "cpu", seed=SEED, memo_dir=cfg.cache_dir)
+    from pipeline.faces import MODES
+
+    if ex.face_detector not in MODES:
+        raise UserError(f"extract.face_detector={ex.face_detector!r}; expected one of {', '.join(MODES)}")
+    if ex.face_detector == "mtcnn":  # its ONNX files must be there before any clip is decoded
+        from pipeline.mtcnn import _nets
+
+        _nets()
     _warn_random_init(extractors.provenance)
     shapes = extractors.shapes(ex.num_frames, ex.au_frames, ex.crop)
     t_build = time.perf_counter() - t0
@@ -208,10 +270,11 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                 errors_path.unlink(missing_ok=True)
             elif verify:
                 _verify_existing(store_path, p.out_dir, ids, shapes)
-            g = _open_or_create_store(store_path, ids, shapes, attrs, force)
+            g, sync = _open_or_create_store(store_path, fps, shapes, attrs, force)
             save_config(cfg, p.out_dir / "config.yaml")
-            done_before = np.asarray(g["done"][:], dtype=bool)
-            tasks = [ClipTask(i, c.id, c.video) for i, c in enumerate(clips) if not done_before[i]]
+            rows = np.array([sync.rows[c] for c in ids], dtype=np.int64)  # store row of each manifest clip
+            done_before = np.asarray(g["done"][:], dtype=bool)[rows]
+            tasks = [ClipTask(int(rows[i]), c.id, c.video) for i, c in enumerate(clips) if not done_before[i]]
             old_errors = read_errors(errors_path)
             result = ExtractResult()
             failing: BaseException | None = None
@@ -240,10 +303,11 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                 # Even when interrupted: errors.jsonl holds every known failure of a clip that is not done.
                 # When the loop failed (a full disk, say), a failure here must not hide that error.
                 try:
-                    done_now = np.asarray(g["done"][:], dtype=bool)
+                    done_now = np.asarray(g["done"][:], dtype=bool)[rows]
                     done_ids = {ids[i] for i in np.flatnonzero(done_now)}
-                    failures = write_errors(errors_path, [*old_errors, *(f.record() for f in result.failed)],
-                                            done_ids)
+                    known = set(ids)  # a removed clip's old failure goes with it
+                    failures = write_errors(errors_path, [r for r in [*old_errors, *(f.record() for f in result.failed)]
+                                                          if r.get("clip_id") in known], done_ids)
                 except (OSError, ValueError, RuntimeError) as e:
                     if failing is None:
                         raise
@@ -252,8 +316,11 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
             seconds = time.perf_counter() - t0
 
             n_done, n_failed = int(done_now.sum()), len(failures)
+            faces = face_counts(g, rows[done_now])
             counts = {"clips": len(ids), "done": n_done, "failed": n_failed, "skipped": int(done_before.sum()),
-                      "extracted": result.done, "decoders": result.decoders}
+                      "extracted": result.done, "added": len(sync.added), "redone": len(sync.redone),
+                      "dropped": len(sync.dropped), "warnings": len(result.warnings), "decoders": result.decoders,
+                      **faces}
             summary = {**counts, "seconds": round(seconds, 3),
                        "clips_per_s": round(result.done / max(result.seconds, 1e-9), 3) if result.done else 0.0}
             if n_done + n_failed != len(ids):
@@ -265,6 +332,9 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                          "compute_s": round(result.compute_seconds, 3), "write_s": round(result.write_seconds, 3)},
                 counts=counts,
                 extra={"store": str(store_path), "errors": str(errors_path), "weights": dict(extractors.provenance),
+                       "clips_hash": p.clips_hash,
+                       "changes": {k: getattr(sync, k)[:LIST_MAX] for k in ("added", "redone", "dropped")},
+                       "warnings": result.warnings[:LIST_MAX],
                        "clips_per_s": summary["clips_per_s"], "device": str(device),
                        "distributed": scheduler or (f"local:{workers_cluster}" if workers_cluster else None)},
             )
@@ -310,6 +380,17 @@ def command(
     console.print(f"[bold green]extract[/] {c['done']}/{c['clips']} clips done, {c['failed']} failed, "
                   f"{c.get('skipped', 0) if s else c['done']} skipped{rate}{reused} -> {rec['extra']['store']}",
                   highlight=False)
+    if s:
+        console.print(f"clips: {c['added']} added, {c['redone']} redone (video changed), {c['dropped']} dropped "
+                      "(no longer in the manifest; rows kept)", highlight=False)
+    for w in (rec["extra"].get("warnings") or [])[:10] if s else []:
+        console.print(f"[yellow]warning[/]: {w['video']}: {w['warning']}", highlight=False, soft_wrap=True)
+    if s and c.get("warnings", 0) > 10:
+        console.print(f"[yellow]warning[/]: {c['warnings'] - 10} more in {Path(rec['extra']['store']).parent / 'stage.json'}",
+                      highlight=False)
+    if c.get("fallback_clips"):
+        console.print(f"[yellow]face fallback[/]: {c['fallback_frames']} frames in {c['fallback_clips']} clips had no "
+                      "face found and use the fallback box (face/source in the store)", highlight=False)
     if c["failed"]:
         console.print(f"[yellow]{c['failed']} clips failed[/]; reasons in {rec['extra']['errors']}", highlight=False)
     if export_hdf5 is not None:

@@ -8,6 +8,11 @@ references, the true and predicted emotion, and the top action units by ANFL con
     ecpa show --preset demo --clips demo_0003,demo_0010
     ecpa show --preset demo --n 6
     ecpa show --caption-dir cache/mafw/runs/<key>/captions/<key>   # e.g. a cross-dataset output
+    ecpa show --preset mafw --boxes     # the stored face box on each frame, coloured by face/source
+
+With `--boxes` the frames are the extraction's own (its sampling, resize and centre crop, evenly spaced
+among its F frames) with the store's `face/boxes` drawn on them: green detected, yellow tracked, orange
+interpolated, red fallback (the centre square of a clip where no face was found).
 """
 from __future__ import annotations
 
@@ -22,6 +27,25 @@ from pipeline.errors import UserError
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 SHOW_FILE = "show.png"
+BOX_COLOURS = {"detected": "lime", "tracked": "yellow", "interpolated": "orange", "fallback": "red"}
+"""Edge colour per face/source kind (pipeline.store.FACE_SOURCES)."""
+
+
+def _stored_frames(video: str, row: int, g, ex, k: int) -> tuple[np.ndarray | None, list, str | None]:
+    """k of the extraction's frames of one clip (as it sampled and cropped them) with the stored boxes and their
+    source kinds: (frames (k, crop, crop, 3), [(box, kind)], note)."""
+    from pipeline.store import FACE_SOURCES, SOURCE_UNSET
+    from pipeline.video import ClipError, decode_clip, even_subset
+
+    boxes = np.asarray(g["face/boxes"][row])
+    src = np.asarray(g["face/source"][row])
+    try:
+        frames = decode_clip(video, num_frames=len(boxes), size=ex.size, crop=ex.crop).frames
+    except (ClipError, OSError) as e:
+        return None, [], str(e)
+    idx = even_subset(len(boxes), k)
+    kinds = [FACE_SOURCES[int(s)] if int(s) != SOURCE_UNSET else None for s in src[idx]]
+    return frames[idx], [(boxes[i], kind) for i, kind in zip(idx, kinds)], None
 
 
 def _clip_frames(video: str, n: int, side: int) -> tuple[np.ndarray | None, str | None]:
@@ -59,6 +83,14 @@ def render_sheet(rows: list[dict], out: Path, frames_per_clip: int = 4) -> Path:
             ax.axis("off")
             if frames is not None and j < len(frames):
                 ax.imshow(frames[j])
+                if row.get("boxes") and j < len(row["boxes"]) and row["boxes"][j][1] is not None:
+                    from matplotlib.patches import Rectangle
+
+                    (x0, y0, x1, y1), kind = row["boxes"][j]
+                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=BOX_COLOURS[kind]))
+                    ax.set_xlim(0, frames[j].shape[1])
+                    ax.set_ylim(frames[j].shape[0], 0)
+                    ax.set_title(kind, fontsize=7, color=BOX_COLOURS[kind])
             elif j == 0:
                 ax.text(0.0, 0.5, "frames unavailable:\n" + "\n".join(textwrap.wrap(row.get("frames_note") or "", 28)),
                         fontsize=7, color="firebrick", va="center", transform=ax.transAxes)
@@ -85,8 +117,9 @@ def render_sheet(rows: list[dict], out: Path, frames_per_clip: int = 4) -> Path:
 
 
 def build_rows(caption_dir: Path, clip_ids: list[str] | None, n: int, frames_per_clip: int = 4,
-               side: int = 160) -> list[dict]:
-    """Gather what the sheet shows for the chosen clips of a caption output."""
+               side: int = 160, boxes: bool = False) -> list[dict]:
+    """Gather what the sheet shows for the chosen clips of a caption output (`boxes`: the extraction's frames
+    with the stored face boxes, see the module docstring)."""
     from pipeline.config import load_config
     from pipeline.manifest import read_manifest
     from pipeline.records import read_record
@@ -116,6 +149,7 @@ def build_rows(caption_dir: Path, clip_ids: list[str] | None, n: int, frames_per
     rec = read_record(caption_dir) or {}
     store_path = rec.get("extra", {}).get("store")
     aus_of: dict[str, list] = {}
+    g, row_of = None, {}
     if store_path and Path(store_path).exists():
         g = open_store(store_path)
         names = list(g.attrs.get("au_names", []))
@@ -127,17 +161,21 @@ def build_rows(caption_dir: Path, clip_ids: list[str] | None, n: int, frames_per
                     aus_of[cid] = top_aus(np.asarray(g["au/probs"][row_of[cid]]), names)
     else:
         console.print(f"[yellow]show:[/] feature store {store_path} not found: no AU column", highlight=False)
+        if boxes:
+            raise UserError(f"--boxes: the feature store {store_path} of {caption_dir} is not there")
 
     rows = []
     for cid in chosen:
-        frames, note = (None, "clip not in the manifest")
-        if cid in videos:
+        frames, note, drawn = (None, "clip not in the manifest", [])
+        if cid in videos and boxes and cid in row_of:
+            frames, drawn, note = _stored_frames(videos[cid], row_of[cid], g, cfg.extract, frames_per_clip)
+        elif cid in videos:
             frames, note = _clip_frames(videos[cid], frames_per_clip, side)
         if note:
             console.print(f"[yellow]show:[/] {cid}: frames unavailable ({note})", highlight=False)
         rows.append({"clip": cid, "frames": frames, "frames_note": note, "caption": by_id[cid]["caption"],
                      "references": gts.get(cid, []), "emotion_true": true.get(cid),
-                     "emotion_pred": by_id[cid].get("emotion"), "aus": aus_of.get(cid)})
+                     "emotion_pred": by_id[cid].get("emotion"), "aus": aus_of.get(cid), "boxes": drawn})
     return rows
 
 
@@ -150,6 +188,7 @@ def command(
     n: Annotated[int, typer.Option("--n", help="Without --clips: the first N clips of the caption output.")] = 6,
     caption_dir: Annotated[Optional[Path], typer.Option("--caption-dir", help="A caption output folder (e.g. of `ecpa cross`) instead of the one this config plans.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="PNG path (default: show.png in the caption folder).")] = None,
+    boxes: Annotated[bool, typer.Option("--boxes", help="Draw the stored face boxes on the extraction's frames, coloured by how each was found.")] = False,
 ) -> None:
     """A PNG sheet for chosen clips: frames, generated caption, references, true/predicted emotion, top AUs."""
     if caption_dir is None:
@@ -165,6 +204,6 @@ def command(
     ids = [c.strip() for c in clips.split(",") if c.strip()] if clips else None
     if n < 1 and not ids:
         raise UserError("--n must be at least 1")
-    rows = build_rows(caption_dir, ids, n)
+    rows = build_rows(caption_dir, ids, n, boxes=boxes)
     path = render_sheet(rows, Path(out) if out else caption_dir / SHOW_FILE)
     console.print(f"[green]show[/]: {len(rows)} clips -> {path}", highlight=False)

@@ -9,7 +9,8 @@ one place:
 - `ClipBuilder`: gathers captions per clip id and rejects what is inconsistent (a clip named twice
   where ids must be unique, an empty caption, a clip with two emotions or splits), always with
   the file and line that caused it;
-- `emotion_index()`, `find_video()`, `data_path()`.
+- `emotion_index()`, `find_video()`, `data_path()`;
+- `overlap_note()`: the one rule for a video in both train and test (`data.overlap`).
 
 Adapters do not check that videos exist or carve the validation split: `build_manifest` does that
 for every format alike.
@@ -138,6 +139,25 @@ def check_split(split: str, path: Path, line: int | None) -> str:
     if s not in SPLITS:
         raise AnnotationError(path, line, f"unknown split {split!r}; expected train, val or test")
     return s
+
+
+OVERLAP_POLICIES = ("test", "error")
+
+
+def overlap_note(cfg: "Config", notes: list[str], clip_id: str, train_at: tuple[Path, int | None],
+                 test_at: tuple[Path, int | None]) -> None:
+    """A clip listed for train and for test. `data.overlap` 'test' (default): the caller keeps it in test and
+    drops it from train, and a warning naming it and both places goes to `notes`; 'error': AnnotationError."""
+    policy = getattr(cfg.data, "overlap", "test")
+    if policy not in OVERLAP_POLICIES:
+        raise AnnotationError(train_at[0], None, f"data.overlap={policy!r}; expected one of {', '.join(OVERLAP_POLICIES)}")
+    where = lambda at: f"{at[0]}:{at[1]}" if at[1] is not None else str(at[0])  # noqa: E731
+    if policy == "error":
+        raise AnnotationError(train_at[0], train_at[1], f"video {clip_id!r} is in the train table and in the test "
+                              f"table ({where(test_at)}); data.overlap=error (set data.overlap=test to keep it in test "
+                              "and drop it from train)")
+    notes.append(f"video {clip_id} is in both train ({where(train_at)}) and test ({where(test_at)}): kept in test, "
+                 "dropped from train (data.overlap=test; set data.overlap=error to stop instead)")
 
 
 # ---- gathering clips -----------------------------------------------------------------------------

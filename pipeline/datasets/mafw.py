@@ -8,14 +8,15 @@ Label file (`data/Labels/single_label.txt` in the release), one clip per line, T
 `set_<n>/train.txt` and `set_<n>/test.txt`, lines like `00025.mp4 anger`. The English caption is
 used as written (tokenisation happens later). Clips in the label file but in neither split file
 of the chosen set are left out (counted in the notes); a split line naming a clip the label file
-lacks, or a clip in both splits, is an error.
+lacks, or a clip twice in one split file, is an error; a clip in both train.txt and test.txt follows
+`data.overlap` (default: a warning, kept in test, dropped from train; 'error' stops).
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.datasets import ClipBuilder, data_path, delimited_rows, emotion_index, lines
+from pipeline.datasets import ClipBuilder, data_path, delimited_rows, emotion_index, lines, overlap_note
 from pipeline.errors import AnnotationError
 
 if TYPE_CHECKING:
@@ -44,8 +45,9 @@ def _stem(name: str) -> str:
     return name[:-4] if name.lower().endswith(".mp4") else name
 
 
-def read_split(cfg: "Config") -> dict[str, tuple[str, Path, int, str | None]]:
+def read_split(cfg: "Config", notes: list[str] | None = None) -> dict[str, tuple[str, Path, int, str | None]]:
     """clip id -> (split, file, line, emotion named there) from `set_<n>/{train,test}.txt`."""
+    notes = notes if notes is not None else []
     folder = split_dir(cfg)
     if not folder.is_dir():
         raise AnnotationError(folder, None, f"MAFW split folder not found (expected {folder}/train.txt and test.txt; "
@@ -60,10 +62,12 @@ def read_split(cfg: "Config") -> dict[str, tuple[str, Path, int, str | None]]:
             if len(parts) > 2:
                 raise AnnotationError(path, no, f"expected '<clip>.mp4 <emotion>', found {len(parts)} fields")
             cid = _stem(parts[0])
-            if cid in out:
-                _, p0, l0, _ = out[cid]
-                raise AnnotationError(path, no, f"clip {cid!r} is listed twice (first at {p0}:{l0})")
             emotion = emotion_index(cfg.data.emotions, parts[1], path, no)[0] if len(parts) == 2 else None
+            if cid in out:
+                s0, p0, l0, _ = out[cid]
+                if s0 == split:
+                    raise AnnotationError(path, no, f"clip {cid!r} is listed twice (first at {p0}:{l0})")
+                overlap_note(cfg, notes, cid, (p0, l0), (path, no))  # train.txt is read first: keep the test line
             out[cid] = (split, path, no, emotion)
     return out
 
@@ -72,7 +76,7 @@ def read_mafw(cfg: "Config", notes: list[str]) -> list["Clip"]:
     path = annotations_path(cfg)
     videos = videos_dir(cfg)
     rows = list(delimited_rows(path, "\t", "MAFW label file", quoted=False))  # the label file is read (and checked) first
-    splits = read_split(cfg)
+    splits = read_split(cfg, notes)
     builder = ClipBuilder(cfg.data.emotions)
     first_line: dict[str, int] = {}
     left_out = mismatched = 0

@@ -3,7 +3,9 @@
     {"videos": [{"video_id": "video0", "split": "train", ...}, ...],
      "sentences": [{"video_id": "video0", "caption": "a man is ...", "sen_id": 0}, ...]}
 
-Split 'validate' becomes 'val'. Videos are `<videos>/<video_id>.mp4`. No emotion labels. A JSON
+Split 'validate' becomes 'val'. Videos are `<videos>/<video_id>.mp4`. No emotion labels. A video
+in the train/val file that the test file lists too follows `data.overlap` (default: a warning naming
+it, kept in test, dropped from train; 'error' stops). A JSON
 syntax error is reported at its line; a problem in a well-formed file at the line of the entry
 (found by its `sen_id` / `video_id`).
 """
@@ -14,7 +16,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.datasets import ClipBuilder, check_split, data_path, find_video, lines
+from pipeline.datasets import ClipBuilder, check_split, data_path, find_video, lines, overlap_note
 from pipeline.errors import AnnotationError
 
 if TYPE_CHECKING:
@@ -45,8 +47,11 @@ def _lines_of(text: str, key: str) -> dict[object, int]:
     return out
 
 
-def read_info(path: Path, builder: ClipBuilder, videos: Path) -> None:
-    """Add the clips of one *_videodatainfo.json file to `builder`."""
+def read_info(path: Path, builder: ClipBuilder, videos: Path, skip: dict[str, tuple[Path, int | None]] | None = None,
+              cfg: "Config | None" = None, notes: list[str] | None = None) -> dict[str, tuple[Path, int | None]]:
+    """Add the clips of one *_videodatainfo.json file to `builder`, except the videos of `skip` (id -> where the
+    test file lists it), each reported through `overlap_note`. Returns id -> (file, line) of its videos."""
+    skip = skip or {}
     text = "\n".join(t for _, t in lines(path, "MSR-VTT videodatainfo file"))  # checks presence, emptiness, UTF-8
     try:
         data = json.loads(text)
@@ -63,6 +68,8 @@ def read_info(path: Path, builder: ClipBuilder, videos: Path) -> None:
         if v["video_id"] in split_of:
             raise AnnotationError(path, no, f"duplicate video id {v['video_id']!r} in 'videos'")
         split_of[v["video_id"]] = check_split(v["split"], path, no)
+    for vid in [v for v in split_of if v in skip]:
+        overlap_note(cfg, notes if notes is not None else [], vid, (path, video_line.get(vid)), skip[vid])
     for i, s in enumerate(data["sentences"]):
         if not isinstance(s, dict) or "video_id" not in s or "caption" not in s:
             raise AnnotationError(path, None, f"sentences[{i}] lacks video_id or caption")
@@ -70,20 +77,27 @@ def read_info(path: Path, builder: ClipBuilder, videos: Path) -> None:
         vid = s["video_id"]
         if vid not in split_of:
             raise AnnotationError(path, no, f"sentences[{i}] names video {vid!r} that 'videos' does not list")
+        if vid in skip:
+            continue
         builder.add(vid, video=find_video(videos, vid, EXTS), captions=[s["caption"]], split=split_of[vid],
                     path=path, line=no)
-    without = sorted(set(split_of) - set(builder.drafts))
+    without = sorted(set(split_of) - set(builder.drafts) - set(skip))
     if without:
         raise AnnotationError(path, video_line.get(without[0]),
                               f"{len(without)} videos have no sentence (e.g. {without[0]!r})")
+    return {v: (path, video_line.get(v)) for v in split_of}
 
 
 def read_msrvtt(cfg: "Config", notes: list[str]) -> list["Clip"]:
-    builder = ClipBuilder(cfg.data.emotions)
     videos = videos_dir(cfg)
-    read_info(annotations_path(cfg), builder, videos)
-    if cfg.data.test_annotations:
-        read_info(data_path(cfg, cfg.data.test_annotations, ""), builder, videos)
+    test = ClipBuilder(cfg.data.emotions)
+    in_test: dict[str, tuple[Path, int | None]] = {}
+    if cfg.data.test_annotations:  # read first: a video both files list stays in test (data.overlap)
+        in_test = read_info(data_path(cfg, cfg.data.test_annotations, ""), test, videos)
     else:
         notes.append("data.test_annotations is empty: no test split")
+    builder = ClipBuilder(cfg.data.emotions)
+    read_info(annotations_path(cfg), builder, videos, skip=in_test, cfg=cfg, notes=notes)
+    for cid, draft in test.drafts.items():
+        builder.drafts[cid] = draft
     return builder.clips()

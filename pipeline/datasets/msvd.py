@@ -6,8 +6,10 @@ Corpus CSV (`MSR Video Description Corpus.csv`), quoted where a description hold
 
 optionally with a leading unnamed index column (as pandas exports it). English rows only; the clip
 id is `<VideoID>_<Start>_<End>`, the video `<videos>/<clip id>.avi` (or .mp4). Split file, one clip
-per line, either `<clip id> <train|val|test>` or the YouTube mapping `<clip id> vidN`, split by the
-usual 1200/100/670: vid1..1200 train, vid1201..1300 val, vid1301..1970 test. Corpus clips that the
+per line, either `<clip id> <train|val|test>` or the common YouTube mapping `youtube_mapping.txt`
+(`-4wsuPCjDBc_5_15 vid1`, space-separated, CRLF as shipped), split by the usual 1200/100/670:
+vid1..1200 train, vid1201..1300 val, vid1301..1970 test. With `data.split_file` empty the adapter
+takes `youtube_mapping.txt` under the root, else `msvd_split.txt` (the older name). Corpus clips that the
 split file does not list are left out (counted in the notes); English rows with an empty description
 (the corpus has a few) are skipped and counted; a split line naming a clip with no English caption
 is an error.
@@ -27,7 +29,8 @@ if TYPE_CHECKING:
 
 DEFAULT_VIDEOS = "YouTubeClips"
 DEFAULT_ANNOTATIONS = "MSR Video Description Corpus.csv"
-DEFAULT_SPLIT = "msvd_split.txt"
+SPLIT_NAMES = ("youtube_mapping.txt", "msvd_split.txt")
+"""Split files looked for under data.root when data.split_file is empty, in this order."""
 COLUMNS = ["VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description"]
 EXTS = (".avi", ".mp4")
 VID_SPLITS = ((1, 1200, "train"), (1201, 1300, "val"), (1301, 1970, "test"))
@@ -42,7 +45,12 @@ def annotations_path(cfg: "Config") -> Path:
 
 
 def split_path(cfg: "Config") -> Path:
-    return data_path(cfg, cfg.data.split_file, DEFAULT_SPLIT)
+    if cfg.data.split_file:
+        return data_path(cfg, cfg.data.split_file, "")
+    for name in SPLIT_NAMES:
+        if data_path(cfg, name, "").is_file():
+            return data_path(cfg, name, "")
+    return data_path(cfg, SPLIT_NAMES[0], "")  # reported as not found, by its usual name
 
 
 def split_of_vid(n: int) -> str | None:

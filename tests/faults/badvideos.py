@@ -15,12 +15,12 @@ the kinds that must extract still show a face the 'skin' detector finds.
     audio_only         an MP4 with one AAC audio stream and no video                 error
     directory          a directory named like a video                                error
     dangling_link      a symlink to a file that does not exist                       error
-    no_face            a valid grey video without any face                           error
     unreadable         a valid MP4 with mode 000 (only meaningful when not root)     error
     single_frame       a valid MP4 holding one frame                                 extracts
     vfr                a valid MP4 with irregular frame timestamps                   extracts
     rotated            a valid MP4 whose track header says 'rotate 90 degrees'       extracts
     huge               a valid MP4 at 4000x3000                                      extracts
+    no_face            a valid grey video without any face                           extracts (fallback box)
 
 Reference: ISO/IEC 14496-12 (the 'tkhd' box layout the rotation patch edits).
 """
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 
 ERROR_KINDS = ("zero_bytes", "truncated", "truncated_index", "index_cut", "png_as_mp4", "text_as_mp4", "garbage_mp4",
-               "audio_only", "directory", "dangling_link", "no_face", "unreadable")
+               "audio_only", "directory", "dangling_link", "unreadable")
 """Kinds that must land in errors.jsonl."""
-HANDLED_KINDS = ("single_frame", "vfr", "rotated", "huge")
-"""Kinds that must extract."""
+HANDLED_KINDS = ("single_frame", "vfr", "rotated", "huge", "no_face")
+"""Kinds that must extract (no_face with the fallback box: no clip is dropped for want of a face)."""
 ALL_KINDS = ERROR_KINDS + HANDLED_KINDS
 
 HUGE_SIZE = (4000, 3000)

@@ -34,7 +34,6 @@ REASON_WORDS = {
     "audio_only": ("no video stream", "audio"),
     "directory": ("directory",),
     "dangling_link": ("not found",),
-    "no_face": ("face",),
     "unreadable": ("permission",),
 }
 """kind -> words its errors.jsonl reason must hold (lower case)."""

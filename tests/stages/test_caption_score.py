@@ -209,6 +209,27 @@ def test_show_sheet(cfg, captioned, tmp_path):
         show.build_rows(out, ["no_such_clip"], n=1)
 
 
+def test_show_sheet_draws_the_stored_face_boxes(cfg, captioned, tmp_path):
+    """--boxes: the extraction's own frames (its sampling and crop) with face/boxes at the same frames."""
+    import zarr
+
+    from pipeline.records import read_record
+    from pipeline.video import even_subset
+    from stages import show
+
+    _, out = captioned
+    cid = json.loads((out / "captions.json").read_text())[0]["image_id"]
+    (row,) = show.build_rows(out, [cid], n=1, frames_per_clip=3, boxes=True)
+    assert row["frames"].shape == (3, cfg.extract.crop, cfg.extract.crop, 3)
+    g = zarr.open_group(read_record(out)["extra"]["store"], mode="r")
+    r = g["clip_id"][:].tolist().index(cid)
+    idx = even_subset(cfg.extract.num_frames, 3)
+    np.testing.assert_array_equal(np.stack([b for b, _ in row["boxes"]]), g["face/boxes"][r][idx])
+    assert all(kind in show.BOX_COLOURS for _, kind in row["boxes"])
+    png = show.render_sheet([row], tmp_path / "boxes.png", frames_per_clip=3)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_top_aus_by_mean_confidence():
     from stages.show import top_aus
 

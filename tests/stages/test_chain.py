@@ -62,6 +62,8 @@ class Fakes:
                 return {}
             # the record's extra carries the metrics, as stages/score.py writes it
             extra = {"metrics": {**fake_metrics(cfg), "Bleu_1": None}} if stage == "score" else {}
+            if stage == "extract":  # the record vouches for these clips' videos (stages/extract.py)
+                extra["clips_hash"] = p.clips_hash
             rec = StageRecord(stage=stage, key=p.key, version=p.version, config=p.config, parents=p.parents,
                               timings={"total": 0.0}, extra=extra)
             write_record(p.out_dir, rec)
@@ -203,12 +205,17 @@ def test_frame_sampling_and_extractors_rerun_everything(baseline, sets, change):
     assert any("train: run" in line and "upstream changed: extract key" in line for line in lines)
 
 
-def test_other_videos_rerun_everything(fakes, own_data_sets):
-    assert run_and_see(cfg_of(own_data_sets))[0] == STAGES
+def test_other_videos_rerun_everything_in_the_same_store(fakes, own_data_sets):
+    """Videos are not in the extract key (each clip's fingerprint is in the store): an added clip reruns extract
+    for the same key and folder, and train on, since train follows its clips' fingerprints."""
+    _, res = run_and_see(cfg_of(own_data_sets))
     lines: list[str] = []
-    ran, _ = run_and_see(cfg_of(own_data_sets, "data.demo_clips=9"), lines)  # the generator adds a clip
+    ran, res2 = run_and_see(cfg_of(own_data_sets, "data.demo_clips=9"), lines)  # the generator adds a clip
     assert ran == STAGES
-    assert any("extract: run" in line and "upstream changed: videos key" in line for line in lines)
+    assert res2.keys["extract"] == res.keys["extract"] and res2.keys["train"] != res.keys["train"]
+    assert any("extract: run" in line and "videos added, replaced or removed since the record" in line
+               for line in lines), lines
+    assert any("train: run" in line and "upstream changed:" in line and "videos key" in line for line in lines)
 
 
 def test_caption_and_split_changes_retrain_but_never_reextract(fakes, own_data_sets, tmp_path):

@@ -79,7 +79,7 @@ def test_bad_encoding_in_label_file(tmp_path, make_cfg):
 
 @pytest.mark.parametrize("train, test, which, line, problem", [
     ("00001.mp4 anger\n00009.mp4 anger\n", "00002.mp4 happiness\n", "train", 2, "clip '00009' is not in the label file"),
-    ("00001.mp4 anger\n", "00002.mp4 happiness\n00001.mp4 anger\n", "test", 2, "listed twice (first at"),
+    ("00001.mp4 anger\n", "00002.mp4 happiness\n00002.mp4 happiness\n", "test", 2, "listed twice (first at"),
     ("00001.mp4 anger extra\n", "00002.mp4 happiness\n", "train", 1, "found 3 fields"),
     ("00001.mp4 rage\n", "00002.mp4 happiness\n", "train", 1, "unknown emotion 'rage'"),
 ])
@@ -89,6 +89,18 @@ def test_malformed_split_files(tmp_path, make_cfg, train, test, which, line, pro
         read_mafw(make_cfg("mafw"), [])
     assert str(e.value).startswith(f"{tmp_path / 'root' / SPLIT / 'set_1' / which}.txt:{line}: ")
     assert problem in str(e.value)
+
+
+def test_clip_in_both_splits_follows_data_overlap(tmp_path, make_cfg):
+    mafw_root(tmp_path / "root", test="00002.mp4 happiness\n00003.mp4 sadness\n")
+    notes: list[str] = []
+    clips = {c.id: c for c in read_mafw(make_cfg("mafw"), notes)}
+    assert clips["00003"].split == "test" and clips["00001"].split == "train"
+    split = tmp_path / "root" / SPLIT / "set_1"
+    assert f"video 00003 is in both train ({split / 'train.txt'}:2) and test ({split / 'test.txt'}:2)" in notes[0]
+    with pytest.raises(AnnotationError) as e:
+        read_mafw(make_cfg("mafw", overlap="error"), [])
+    assert str(e.value).startswith(f"{split / 'train.txt'}:2: video '00003' is in the train table")
 
 
 def test_split_emotion_disagreeing_with_label_file_is_a_note(tmp_path, make_cfg):

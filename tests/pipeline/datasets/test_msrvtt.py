@@ -76,3 +76,19 @@ def test_video_without_sentence_and_wrong_shape(cfg, tmp_path):
     write(tmp_path / "root/test_videodatainfo.json", '{"videos": {}}')
     with pytest.raises(AnnotationError, match=r"test_videodatainfo\.json:1: expected an object with 'videos'"):
         read_msrvtt(cfg, [])
+
+
+def test_video_in_both_files_follows_data_overlap(cfg, tmp_path):
+    both = info([{"video_id": "video9", "split": "test", "id": 9}, {"video_id": "video0", "split": "test", "id": 10}],
+                [{"caption": "kids play", "video_id": "video9", "sen_id": 9},
+                 {"caption": "a red car", "video_id": "video0", "sen_id": 10}])
+    write(tmp_path / "root/test_videodatainfo.json", both)
+    notes: list[str] = []
+    clips = {c.id: c for c in read_msrvtt(cfg, notes)}
+    assert clips["video0"].split == "test" and clips["video0"].captions == ["a red car"]
+    train, test = tmp_path / "root/train_val_videodatainfo.json", tmp_path / "root/test_videodatainfo.json"
+    assert notes == [f"video video0 is in both train ({train}:3) and test ({test}:4): kept in test, dropped from "
+                     "train (data.overlap=test; set data.overlap=error to stop instead)"]
+    cfg.data.overlap = "error"
+    with pytest.raises(AnnotationError, match=r"train_val_videodatainfo\.json:3: video 'video0' is in the train table"):
+        read_msrvtt(cfg, [])

@@ -95,3 +95,24 @@ def test_real_excerpts(formats_dir, cfg, tmp_path):
     assert clip.captions[-1] == "A bird is taking a bath in a sink."
     mapping = read_split(formats_dir / "MSVD_youtube_mapping.head.txt")
     assert mapping["-4wsuPCjDBc_5_15"] == ("train", 1) and mapping["-_hbPLsZvvo_5_8"] == ("train", 25)
+
+
+def test_youtube_mapping_is_the_default_split_file(formats_dir, cfg, tmp_path):
+    """With data.split_file empty the shipped `youtube_mapping.txt` (CRLF, as in the real head) is used, before the
+    older `msvd_split.txt`; neither there: the error names the usual file."""
+    cfg.data.split_file = ""
+    cfg.data.annotations = str(formats_dir / "MSVD_test.head.csv")
+    head = (formats_dir / "MSVD_youtube_mapping.head.txt").read_bytes()
+    assert b"\r\n" in head
+    write(tmp_path / "root/msvd_split.txt", "mv89psg6zh4_33_46 train\n")
+    (clip,) = read_msvd(cfg, [])
+    assert clip.split == "train"
+    # the mapping's layout (space, CRLF) with the excerpt's clip as a test video (the head's own clips are not in
+    # the corpus excerpt, and a mapped clip without captions is an error)
+    write(tmp_path / "root/youtube_mapping.txt", b"mv89psg6zh4_33_46 vid1400\r\n")
+    (clip,) = read_msvd(cfg, [])
+    assert clip.split == "test" and len(clip.captions) == 24
+    (tmp_path / "root/youtube_mapping.txt").unlink()
+    (tmp_path / "root/msvd_split.txt").unlink()
+    with pytest.raises(AnnotationError, match=r"youtube_mapping\.txt: MSVD split file not found"):
+        read_msvd(cfg, [])
