@@ -211,8 +211,13 @@ class CaptionConfig:
     """Which split of the manifest to caption."""
     beam_size: int = 1
     """1 = greedy; >1 beam search."""
-    max_length: int = 20
-    """Generated tokens at most, [CLS] included (SwinBERT: 20)."""
+    max_length: int = 0
+    """Generated tokens at most, [CLS] included. 0: from the data, the 99th-percentile length of the
+    training captions in word pieces + [CLS] and [SEP], at most model.max_caption_len (the resolved number
+    is what the caption key hashes). SwinBERT's fixed 20 is `--set caption.max_length=20`."""
+    vocabulary: str = "train"
+    """What decoding may emit: train (word pieces that occur in the training captions, plus [SEP]; never a
+    '##' piece first) or all (SwinBERT: any token but [PAD]/[CLS]/[MASK])."""
     length_penalty: float = 1.0
     """Beam search: score / length**length_penalty."""
     checkpoint: str = "best"

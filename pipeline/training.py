@@ -42,7 +42,9 @@ from pipeline.losses import ALIGN_LOSSES, LossWeights, compute_losses, mask_toke
 from pipeline.models.ecpa import ECPA, build_model
 from pipeline.records import atomic_write_text
 from pipeline.store import StoreShapes
-from pipeline.tokenizer import TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, load_tokenizer
+from pipeline.tokenizer import (
+    TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, decoding_length, load_tokenizer, piece_counts,
+)
 from pipeline.train_data import (
     CaptionPairs, Clips, EpochSampler, FeatureSource, collate, match_clips, open_checked_store, plan_loading,
 )
@@ -280,7 +282,7 @@ def predict_emotions(model: ECPA, batch: dict) -> torch.Tensor | None:
 
 @torch.no_grad()
 def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, device: torch.device,
-             refs: dict[str, list[str]]) -> tuple[dict, dict[str, str]]:
+             refs: dict[str, list[str]], max_length: int) -> tuple[dict, dict[str, str]]:
     """Greedy captions of the val clips (the caption engineer's prefix-cached `decode`), their CIDEr against
     the references, and emotion accuracy. Returns (scores, captions by clip id)."""
     from pipeline.decoding import decode
@@ -291,7 +293,8 @@ def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, devi
     correct = total = 0
     for batch in loader:
         batch = to_device(batch, device)
-        ids = decode(model, batch, tokenizer, beam_size=1, max_length=cfg.caption.max_length, use_cache=True)
+        ids = decode(model, batch, tokenizer, beam_size=1, max_length=max_length, use_cache=True,
+                     words_only=cfg.caption.vocabulary == "train" and tokenizer.caption_pieces is not None)
         for cid, seq in zip(batch["clip_id"], ids):
             res[cid] = tokenizer.decode(seq)
         pred = predict_emotions(model, batch)
@@ -419,6 +422,8 @@ def train(
         val_loader = DataLoader(Clips(val_refs, source), batch_size=cfg.caption.batch_size, shuffle=False,
                                 collate_fn=functools.partial(collate, pad_id=pad), num_workers=0)
     refs = {r.id: r.captions for r in val_refs}
+    val_length = cfg.caption.max_length or decoding_length(   # caption.max_length=0: from the training captions
+        piece_counts(tokenizer, [c for r in train_refs for c in r.captions]), mc.max_caption_len)
     special = tokenizer.special_ids
     last_scores: dict = {}
     epoch_times: list[float] = []
@@ -473,7 +478,7 @@ def train(
                        "weights": weights, "lr": scheduler.get_last_lr()[0], "time_s": epoch_times[-1]}
                 improved = True
                 if val_loader is not None:
-                    scores, caps = validate(model, val_loader, tokenizer, cfg, device, refs)
+                    scores, caps = validate(model, val_loader, tokenizer, cfg, device, refs, val_length)
                     row["val"] = scores
                     last_scores = scores
                     atomic_write_text(run_dir / "val" / f"epoch_{epoch:03d}.json",

@@ -29,6 +29,7 @@ both configs, `--train-set` / `--eval-set` to one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -71,7 +72,7 @@ def protocol_plan(train_cfg: Config, eval_cfg: Config) -> ProtocolPlan:
     ev_plans = plan(eval_cfg, upto="extract")
     tr, ev = tr_plans["train"], ev_plans["extract"]
     eval_manifest = ensure_manifest(eval_cfg)  # the eval clips' captions, emotions and splits
-    ca_slice = caption.config_slice(eval_cfg)
+    ca_slice = caption.config_slice(eval_cfg, length_from=train_cfg)  # the run's captions set the length
     ca_parents = {"train": tr.key, "features": ev.key}
     if not (eval_cfg.cache_dir.resolve() == train_cfg.cache_dir.resolve()
             and eval_manifest == tr.parents.get("manifest")):
@@ -244,8 +245,10 @@ def run_protocol(train_cfg: Config, eval_cfg: Config, *, protocol: str, force: b
         t0 = time.perf_counter()
         parts = caption.caption_into(ca.out_dir, run_dir=pp.train.out_dir,
                                      store_path=pp.eval_extract.out_dir / "store.zarr",
-                                     manifest_path=eval_cfg.manifest_path, ccfg=eval_cfg.caption,
-                                     eval_emotions=eval_cfg.data.emotions, progress=progress)
+                                     manifest_path=eval_cfg.manifest_path,
+                                     ccfg=dataclasses.replace(eval_cfg.caption, max_length=ca.config["max_length"]),
+                                     eval_emotions=eval_cfg.data.emotions, progress=progress,
+                                     length_note=caption.length_note(eval_cfg, length_from=train_cfg))
         parts["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
         info = {"protocol": protocol, "train_preset": train_cfg.preset, "train_dataset": train_cfg.data.name,
                 "eval_preset": eval_cfg.preset, "eval_dataset": eval_cfg.data.name,
