@@ -111,6 +111,8 @@ class ExtractConfig:
     """Decoding worker processes overlapped with compute."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
+    log_every: int = knob(100)
+    """Clips between plain progress lines when stdout is not a terminal (a line every 60 s at the latest too)."""
 
 
 @dataclass
@@ -198,7 +200,7 @@ class TrainConfig:
     num_workers: int = knob(0)
     """DataLoader workers."""
     log_every: int = knob(10)
-    """Steps between progress lines."""
+    """Steps between plain progress lines (epoch, step, losses, lr, steps/s, ETA) when stdout is not a terminal."""
     ram_cache_gb: float = knob(16.0)
     """Stores whose training arrays fit in this many GiB are read into RAM once; larger ones are read per clip."""
     validate: bool = True
@@ -228,6 +230,8 @@ class CaptionConfig:
     """Clips decoded together."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
+    log_every: int = knob(100)
+    """Clips between plain progress lines when stdout is not a terminal (a line every 60 s at the latest too)."""
 
 
 @dataclass

@@ -29,6 +29,7 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from pipeline.config import Config, ModelConfig
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.losses import ALIGN_LOSSES, LossWeights, compute_losses, mask_tokens, total_loss
 from pipeline.models.ecpa import ECPA, build_model
+from pipeline.progress import quiet
 from pipeline.records import atomic_write_text
 from pipeline.store import StoreShapes
 from pipeline.tokenizer import (
@@ -316,14 +318,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 # ------------------------------------------------------------------ the loop
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from stages._common import console
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]} step/s"), TextColumn("{task.fields[losses]}"),
-                    TimeElapsedColumn(), console=console, disable=not enabled, transient=False)
+def _step_status(epoch: int, epochs: int, step: int, steps: int, losses: dict, lr: float) -> str:
+    """'epoch 3/40 step 20/400, mlm 2.345 er 1.204, lr 9.50e-05' (the plain progress line's middle)."""
+    parts = " ".join(f"{k} {float(v.detach()):.3f}" for k, v in losses.items())
+    return f"epoch {epoch + 1}/{epochs} step {step + 1}/{steps}, {parts}, lr {lr:.2e}"
 
 
 def train(
@@ -332,14 +330,18 @@ def train(
     store_path: Path | str,
     clips: list,
     run_dir: Path | str,
-    progress: bool = True,
+    progress: bool | Callable = True,
     resume: bool = True,
     expect_shapes: StoreShapes | None = None,
     stop_after_epoch: int | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict:
     """Train on the store at `store_path` for the manifest `clips` (objects with id, captions, emotion_index,
     split) into `run_dir`. Resumes from `run_dir/checkpoints/last.pt` when `resume`. `stop_after_epoch`
-    (tests) ends the run after that epoch as if it were killed. Returns a summary dict."""
+    (tests) ends the run after that epoch as if it were killed. `progress`: a factory
+    `(what, total, **kw) -> pipeline.progress.Progress` (the command's: a bar on a terminal, a plain line every
+    train.log_every steps otherwise); a bool only counts. `note(text)` receives notes for the user. Returns a
+    summary dict."""
     check_config(cfg)
     tc, mc = cfg.train, cfg.model
     run_dir = Path(run_dir)
@@ -360,10 +362,8 @@ def train(
         raise CacheMismatchError(f"{store_path}: no extracted training clips (of {len(clips)} manifest clips)")
     rows_used = [r.row for r in train_refs + val_refs]
     load = plan_loading(shapes, rows_used, tc.ram_cache_gb, tc.num_workers)  # RAM if the used rows fit
-    if load.note and is_main:
-        from stages._common import console
-
-        console.print(f"[yellow]note:[/] {load.note}", highlight=False)
+    if load.note and is_main and note is not None:
+        note(load.note)
     source = FeatureSource(store_path, rows_used, in_memory=load.in_memory)
 
     # ---- tokenizer: reloaded from the run when resuming, else built (rank 0) and saved with the run ----
@@ -428,8 +428,9 @@ def train(
     last_scores: dict = {}
     epoch_times: list[float] = []
 
-    with _progress(progress and is_main) as bar:
-        task = bar.add_task("train", total=(tc.epochs - start_epoch) * steps_per_epoch, rate="-", losses="")
+    make_progress = progress if callable(progress) and is_main else quiet
+    with make_progress("train", (tc.epochs - start_epoch) * steps_per_epoch, unit="step",
+                       every_n=tc.log_every, every_s=math.inf) as bar:
         for epoch in range(start_epoch, tc.epochs):
             t_epoch = time.time()
             sampler.set_epoch(epoch)
@@ -461,13 +462,11 @@ def train(
                     scaler.update()
                 else:
                     optimizer.step()
+                lr = scheduler.get_last_lr()[0]      # the lr this step used (read before the schedule moves on)
                 scheduler.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
-                if progress and is_main:
-                    rate = (step + 1) / max(time.time() - t_epoch, 1e-9)
-                    bar.update(task, advance=1, description=f"epoch {epoch + 1}/{tc.epochs}", rate=f"{rate:.2f}",
-                               losses=" ".join(f"{k} {float(v.detach()):.3f}" for k, v in losses.items()))
+                bar.advance(1, status=_step_status(epoch, tc.epochs, step, steps_per_epoch, losses, lr))
             means = _all_mean({k: v / max(steps_per_epoch, 1) for k, v in sums.items()}, distributed)
             weighting.end_epoch(means)
             epoch_times.append(time.time() - t_epoch)
@@ -475,7 +474,7 @@ def train(
             # ---- validation, metrics, checkpoints (rank 0) ----
             if is_main:
                 row = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "loss": means,
-                       "weights": weights, "lr": scheduler.get_last_lr()[0], "time_s": epoch_times[-1]}
+                       "weights": weights, "lr": lr, "time_s": epoch_times[-1]}
                 improved = True
                 if val_loader is not None:
                     scores, caps = validate(model, val_loader, tokenizer, cfg, device, refs, val_length)

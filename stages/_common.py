@@ -12,8 +12,22 @@ from rich.console import Console
 from pipeline.config import Config, load_config, preset_names
 from pipeline.errors import UserError
 
-console = Console(stderr=True)
-"""Progress and messages go to stderr; stdout stays for machine-readable output."""
+console = Console(stderr=True, soft_wrap=True)
+"""Diagnostics (notes, warnings, errors) and the live progress bars on a terminal go to stderr."""
+out = Console(soft_wrap=True)
+"""What a run did and found goes to stdout: stage lines, summaries, scores, tables, `--json`, and the plain
+periodic progress lines of an unattended run (stdout not a terminal), so `ecpa run > run.log` is a log."""
+
+
+def progress(what: str, total: int, *, enabled: bool = True, **kw):
+    """A pipeline.progress.Progress for a command: a live bar on stderr when it is a terminal, plain lines on
+    stdout when stdout is not one (every `every_n` items or 60 s). `enabled=False`: counts only."""
+    from pipeline.progress import Progress
+
+    if not enabled:
+        return Progress(what, total, **kw)
+    emit = None if out.is_terminal else (lambda text: out.print(text, highlight=False, markup=False, soft_wrap=True))
+    return Progress(what, total, emit=emit, console=console, **kw)
 
 PresetOpt = Annotated[
     Optional[str],

@@ -24,7 +24,8 @@ import typer
 from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, write_record
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages import _common
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
 
 VERSION = "2"
 """Bump when decoding changes what it produces."""
@@ -119,7 +120,6 @@ def caption_into(
     run in `run_dir`; write captions.json and references.json into `out_dir`. Returns counts/timings/extra
     for the stage record. `eval_emotions` are the class names of the dataset being captioned (its true labels);
     predictions are named by the run's own classes (the checkpoint's). `ccfg.max_length` must be resolved (> 0)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from torch.utils.data import DataLoader
 
     from pipeline.decoding import decode_with_emotion
@@ -152,9 +152,7 @@ def caption_into(
 
     results: list[dict] = []
     t1 = time.perf_counter()
-    columns = (TextColumn("caption"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("caption", total=len(refs))
+    with _common.progress("caption", len(refs), enabled=progress, every_n=ccfg.log_every) as bar:
         for batch in loader:
             ids, emo = decode_with_emotion(
                 model, batch, tok, beam_size=ccfg.beam_size, max_length=ccfg.max_length,
@@ -165,7 +163,7 @@ def caption_into(
                 results.append({"image_id": cid, "caption": tok.decode(seq),
                                 "emotion": train_emotions[e] if e is not None else None,
                                 "emotion_index": int(e) if e is not None else -1})
-            bar.advance(task, len(ids))
+            bar.advance(len(ids))
     t_decode = time.perf_counter() - t1
 
     images, annotations = [], []
@@ -241,18 +239,18 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> dict:
 
 def print_caption_summary(rec: dict, out_dir: Path, n_show: int = 3) -> None:
     c, t = rec.get("counts", {}), rec.get("timings", {})
-    console.print(f"[green]caption[/] {rec['key'][:16]}: {c.get('clips')} clips "
+    out.print(f"[green]caption[/] {rec['key'][:16]}: {c.get('clips')} clips "
                   f"({t.get('captions_per_s')} captions/s), {c.get('skipped', 0)} skipped, "
                   f"{c.get('empty_captions', 0)} empty -> {out_dir}", highlight=False)
     ex = rec.get("extra", {})
     if ex.get("max_length_from"):
-        console.print(f"  max length {ex['max_length_from']}; vocabulary: {ex.get('vocabulary', 'all')}", highlight=False)
+        out.print(f"  max length {ex['max_length_from']}; vocabulary: {ex.get('vocabulary', 'all')}", highlight=False)
     for note in rec.get("extra", {}).get("notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     path = Path(out_dir) / CAPTIONS_FILE
     if path.is_file():
         for r in json.loads(path.read_text())[:n_show]:
-            console.print(f"  {r['image_id']}: {r['caption']!r} [{r['emotion']}]", highlight=False)
+            out.print(f"  {r['image_id']}: {r['caption']!r} [{r['emotion']}]", highlight=False)
 
 
 @user_errors

@@ -31,7 +31,7 @@ from rich.table import Table
 from pipeline.config import SECTIONS, Config, DataConfig
 from pipeline.errors import UserError
 from pipeline.records import DamagedRecordError, diff_configs, read_record, short
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
 from stages.plan import StagePlan, plan
 
 STAGES = ["extract", "train", "caption", "score"]
@@ -226,7 +226,7 @@ class ChainResult:
 
 
 def _echo_default(text: str) -> None:
-    console.print(text, highlight=False, soft_wrap=True)
+    out.print(text, highlight=False, soft_wrap=True)
 
 
 def run_chain(
@@ -307,7 +307,7 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
     for o in result.outcomes:
         style = {"reused": "green", "run": "cyan", "failed": "bold red"}[o.action]
         t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(_rel(o.out_dir, base)))
-    console.print(t)
+    out.print(t)
     if result.scores:
         from pipeline.records import read_record
         from stages.score import print_scores
@@ -315,9 +315,9 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
         score_dir = result.out_dir("score")
         print_scores(read_record(score_dir), score_dir)  # model beside the constant-caption baseline
     if not failed and result.outcomes:
-        console.print(f"outputs under {escape(str(base))}/:", highlight=False)
+        out.print(f"outputs under {escape(str(base))}/:", highlight=False)
         for o in result.outcomes:
-            console.print(f"  {o.name:8s} {escape(str(o.out_dir))}", highlight=False)
+            out.print(f"  {o.name:8s} {escape(str(o.out_dir))}", highlight=False)
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -349,7 +349,7 @@ def run_command(
             print_summary(result, failed=True)
         raise
     print_summary(result)
-    console.print(f"[green]chain done[/] in {time.perf_counter() - t0:.1f}s", highlight=False)
+    out.print(f"[green]chain done[/] in {time.perf_counter() - t0:.1f}s", highlight=False)
 
 
 def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list[dict]:
@@ -389,7 +389,7 @@ def status_command(
         style = STATUS_STYLE.get(r["status"], "white")
         t.add_row(r["stage"], r["short"], f"[{style}]{r['status']}[/]", escape(_abbrev(_rel(Path(r["dir"]), cfg.cache_dir))),
                   escape(r["reason"] if r["status"] != "fresh" else ""))
-    console.print(t)
+    out.print(t)
 
 
 def run_sweep(
@@ -449,9 +449,9 @@ def sweep_command(
         ran = "".join(s[0].upper() if p.actions.get(s) == "run" else "·" for s in STAGES)
         t.add_row(*[str(p.values[f]) for f in fields_], short(p.keys.get("train", ""))[:8], ran,
                   *[f"{100 * p.metrics[m]:.2f}" if m in p.metrics else "-" for m in metrics])
-    console.print(t)
-    console.print("metrics x100; ran: E extract, T train, C caption, S score (· reused)", highlight=False)
-    console.print(f"[green]sweep done[/]: {escape(str(out_dir / 'sweep.png'))}, {escape(str(out_dir / 'sweep.csv'))}",
+    out.print(t)
+    out.print("metrics x100; ran: E extract, T train, C caption, S score (· reused)", highlight=False)
+    out.print(f"[green]sweep done[/]: {escape(str(out_dir / 'sweep.png'))}, {escape(str(out_dir / 'sweep.csv'))}",
                   highlight=False)
 
 
@@ -497,4 +497,4 @@ def compare_command(
         t.add_row(escape(n), *[escape(_fmt(f.get(n, "<absent>"))) for f in flats])
     if not diff:
         t.add_row("[dim]config[/]", *["[dim]identical[/]" for _ in views])
-    console.print(t)
+    out.print(t)

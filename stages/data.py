@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from stages import _common
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 
@@ -19,7 +20,7 @@ def manifest_command(preset: PresetOpt = None, set: SetOpt = None, cache: CacheO
     splits: dict[str, int] = {}
     for c in clips:
         splits[c.split] = splits.get(c.split, 0) + 1
-    console.print(
+    _common.out.print(
         f"[green]manifest[/] {cfg.manifest_path}: {len(clips)} clips "
         + ", ".join(f"{k} {v}" for k, v in sorted(splits.items()))
         + f" (sha256 {digest[:12]})"
@@ -40,4 +41,4 @@ def demo_data_command(
     root = Path(out or cfg.data.root)
     ann = generate(root, n_clips=clips or cfg.data.demo_clips, seed=cfg.data.demo_seed if seed is None else seed,
                    video_size=cfg.data.demo_video_size)
-    console.print(f"[green]demo dataset[/] written: {ann}")
+    _common.out.print(f"[green]demo dataset[/] written: {ann}")

@@ -9,6 +9,7 @@ clips not done yet (in this process, or on dask workers) -> errors.jsonl -> reco
 from __future__ import annotations
 
 import errno
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ import typer
 from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, file_sha256, read_record, write_record
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages import _common
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
 
 VERSION = "3"
 """Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema)."""
@@ -132,19 +134,6 @@ def disk_full_error(e: BaseException) -> OSError | None:
     return None
 
 
-def _progress(total: int, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    class Rate(TextColumn):
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return TextColumn.render(self, task) if speed is None else f"{speed:.2f} clips/s"
-
-    return Progress(TextColumn("[bold]extract[/]"), BarColumn(), MofNCompleteColumn(), Rate(""),
-                    TextColumn("{task.fields[failed]} failed"), TimeRemainingColumn(),
-                    console=console, disable=not enabled, transient=False)
-
-
 def _count_done(g) -> str:
     """Done clips of an open store, for the disk-full message ('?' when there is no store or its flags cannot
     be read: the message must not fail in turn)."""
@@ -220,16 +209,18 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                     from pipeline.distributed import extract_distributed
 
                     result = extract_distributed(str(store_path), tasks, ex, len(cfg.data.emotions), seed=SEED,
-                                                 scheduler=scheduler, n_workers=workers_cluster, progress=progress)
+                                                 scheduler=scheduler, n_workers=workers_cluster,
+                                                 progress=functools.partial(_common.progress, every_n=ex.log_every)
+                                                 if progress else False)
                 elif tasks:
-                    with _progress(len(ids), progress) as bar:
-                        task = bar.add_task("extract", total=len(ids), completed=int(done_before.sum()), failed=0)
+                    with _common.progress("extract", len(ids), enabled=progress, done=int(done_before.sum()),
+                                          every_n=ex.log_every) as bar:
                         counts = {"failed": 0}
 
                         def on_clip(kind: str, n: int) -> None:
                             if kind == "failed":
                                 counts["failed"] += n
-                            bar.update(task, advance=n, failed=counts["failed"])
+                            bar.advance(n, status=f"{counts['failed']} failed" if counts["failed"] else "")
 
                         extract_into_store(g, tasks, extractors, ex, device, on_clip=on_clip, result=result,
                                            on_failure=lambda f: append_error(errors_path, f))
@@ -307,7 +298,7 @@ def command(
     s = rec.get("summary")
     rate = f", {s['clips_per_s']:.2f} clips/s" if s and s.get("extracted") else ""
     reused = "" if s else " (reused: key unchanged)"
-    console.print(f"[bold green]extract[/] {c['done']}/{c['clips']} clips done, {c['failed']} failed, "
+    out.print(f"[bold green]extract[/] {c['done']}/{c['clips']} clips done, {c['failed']} failed, "
                   f"{c.get('skipped', 0) if s else c['done']} skipped{rate}{reused} -> {rec['extra']['store']}",
                   highlight=False)
     if c["failed"]:
@@ -316,6 +307,6 @@ def command(
         from pipeline.interop import export_hdf5 as export
 
         n = export(rec["extra"]["store"], export_hdf5)
-        console.print(f"exported {n} clips to {export_hdf5}", highlight=False)
+        out.print(f"exported {n} clips to {export_hdf5}", highlight=False)
     if strict and c["failed"]:
         raise UserError(f"{c['failed']} of {c['clips']} clips failed (--strict); reasons in {rec['extra']['errors']}")

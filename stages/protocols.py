@@ -43,7 +43,7 @@ import typer
 from pipeline.config import Config, save_config
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, short, stage_key, write_record
-from stages._common import SetOpt, console, resolve_config, user_errors
+from stages._common import SetOpt, console, out, resolve_config, user_errors
 
 PROTOCOL_FILE = "protocol.json"
 
@@ -282,7 +282,7 @@ def _report(result: dict, protocol: str, train_cfg: Config, eval_cfg: Config) ->
     from stages.score import print_scores
 
     pp = result["plan"]
-    console.print(f"[green]{protocol}[/]: run {short(pp.train.key)} ({train_cfg.data.name}) on "
+    out.print(f"[green]{protocol}[/]: run {short(pp.train.key)} ({train_cfg.data.name}) on "
                   f"{eval_cfg.data.name} split {eval_cfg.caption.split!r}: {result['caption']['counts'].get('clips')} "
                   f"clips -> {pp.caption.out_dir}", highlight=False)
     print_scores(result["score"], pp.score.out_dir, title=f"{protocol}: {train_cfg.data.name} -> {eval_cfg.data.name}",

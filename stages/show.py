@@ -19,6 +19,7 @@ import numpy as np
 import typer
 
 from pipeline.errors import UserError
+from stages import _common
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 SHOW_FILE = "show.png"
@@ -167,4 +168,4 @@ def command(
         raise UserError("--n must be at least 1")
     rows = build_rows(caption_dir, ids, n)
     path = render_sheet(rows, Path(out) if out else caption_dir / SHOW_FILE)
-    console.print(f"[green]show[/]: {len(rows)} clips -> {path}", highlight=False)
+    _common.out.print(f"[green]show[/]: {len(rows)} clips -> {path}", highlight=False)
