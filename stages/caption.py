@@ -115,6 +115,8 @@ def caption_into(
     eval_emotions: list[str],
     progress: bool = True,
     length_note: str = "",
+    dataset: str = "",
+    run_dataset: str = "",
 ) -> dict:
     """Caption the clips of split `ccfg.split` (manifest at `manifest_path`, features at `store_path`) with the
     run in `run_dir`; write captions.json and references.json into `out_dir`. Returns counts/timings/extra
@@ -193,7 +195,8 @@ def caption_into(
         "extra": {"run_dir": str(run_dir), "checkpoint": ccfg.checkpoint, "checkpoint_epoch": info.get("epoch"),
                   "store": str(store_path), "device": str(device), "emotion_names": train_emotions, "notes": notes,
                   "max_length": ccfg.max_length, "max_length_from": length_note or f"{ccfg.max_length}",
-                  "vocabulary": ccfg.vocabulary},
+                  "vocabulary": ccfg.vocabulary, "dataset": dataset, "run_dataset": run_dataset,
+                  "split": ccfg.split},
     }
 
 
@@ -230,7 +233,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> dict:
     ccfg = dataclasses.replace(cfg.caption, max_length=p.config["max_length"])   # resolved, as keyed
     parts = caption_into(p.out_dir, run_dir=tr.out_dir, store_path=ex.out_dir / "store.zarr",
                          manifest_path=cfg.manifest_path, ccfg=ccfg, eval_emotions=cfg.data.emotions,
-                         progress=progress, length_note=length_note(cfg))
+                         progress=progress, length_note=length_note(cfg), dataset=cfg.data.name,
+                         run_dataset=cfg.data.name)
     parts["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     rec = StageRecord(stage="caption", key=p.key, version=VERSION, config=p.config, parents=p.parents, **parts)
     write_record(p.out_dir, rec)

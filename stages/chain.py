@@ -6,7 +6,9 @@ own `run(cfg, force=, progress=)` (the stage contract), so the chain adds no sec
 anything. Keys come from `stages.plan.plan`, the one place they are computed.
 
 Why a stage runs is told by comparison with the nearest earlier output of the same stage in the
-same cache (the sibling whose recorded config slice, parents and code version differ the least):
+same cache (the sibling whose recorded config slice, parents and code version differ the least, counted
+field by field and parent by parent, the newest on a tie; for caption and score, only outputs on the same
+dataset and split, in-domain):
 "train: run (changed since runs/ab12...: model.top_k 3 -> 4)", "upstream changed: extract key",
 "code version 1 -> 2".
 
@@ -155,12 +157,40 @@ def explain(cfg: Config, p: StagePlan) -> Why:
         return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json holds another key; running rebuilds it")
     candidates = []
     for d, rec in earlier_outputs(cfg, p.name):
+        if not same_evaluation(cfg, p, d):
+            continue
         ch = changes_between(p.name, rec, p)
-        candidates.append((len(ch), -float(rec.get("created", 0) or 0), d, ch))
+        candidates.append((distance(rec, p), -float(rec.get("created", 0) or 0), d, ch))
     if not candidates:
-        return Why("missing", detail="no earlier output")
+        on = f" on {cfg.data.name} {cfg.caption.split}" if p.name in ("caption", "score") else ""
+        return Why("missing", detail=f"no earlier output{on}")
     _, _, nearest, ch = min(candidates, key=lambda c: (c[0], c[1]))
     return Why("stale", changes=ch, nearest=nearest)
+
+
+def distance(old: dict, p: StagePlan) -> int:
+    """How much an earlier record differs from the plan: differing config fields + differing parent keys
+    (each counted) + 1 for another code version. Ties go to the newest output."""
+    old_parents = old.get("parents", {})
+    parents = sum(old_parents.get(k) != p.parents.get(k) for k in set(old_parents) | set(p.parents))
+    return (len(diff_configs(old.get("config", {}), p.config)) + parents
+            + int(str(old.get("version")) != str(p.version)))
+
+
+def same_evaluation(cfg: Config, p: StagePlan, out_dir: Path) -> bool:
+    """Caption and score outputs compare only with outputs on the same dataset and split, in-domain: a
+    cross-dataset or zero-shot output of a run is never the 'nearest' of an in-domain one."""
+    if p.name not in ("caption", "score"):
+        return True
+    from pipeline.compare import evaluation_of
+
+    cap_dir = out_dir if p.name == "caption" else out_dir.parent.parent
+    try:
+        cap = read_record(cap_dir)
+    except DamagedRecordError:
+        return False
+    e = evaluation_of(cap_dir, cap)
+    return e.protocol == "in-domain" and e.dataset == cfg.data.name and e.split == cfg.caption.split
 
 
 def store_damage(cfg: Config, p: StagePlan, full: bool = False) -> Why | None:
@@ -420,7 +450,8 @@ def run_sweep(
         say(f"[bold]sweep point {i}/{len(points)}[/]: {escape(desc)}")
         res = run_chain(cfg, progress=progress, echo=echo)
         values = {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields_}
-        done.append(SweepPoint(values, res.keys, res.scores, {o.name: o.action for o in res.outcomes}))
+        done.append(SweepPoint(values, res.keys, res.scores, {o.name: o.action for o in res.outcomes},
+                               {"dataset": cfg.data.name, "split": cfg.caption.split}))
         write_csv(out_dir / "sweep.csv", fields_, done)
         write_json(out_dir / "sweep.json", fields_, done,
                    {"preset": base.preset, "sets": list(sets or []), "grid": dict(grid)})
@@ -461,7 +492,7 @@ def compare_command(
     cache: CacheOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    from pipeline.compare import differing_fields, load_view, resolve_run
+    from pipeline.compare import differing_fields, evaluations, load_view, resolve_run
     from pipeline.sweep import metric_order
 
     if cache is not None:
@@ -471,11 +502,14 @@ def compare_command(
         caches = sorted(d for d in root.glob("*") if d.is_dir())
     views = [load_view(resolve_run(a, caches), label=a) for a in runs]
     diff = differing_fields(views)
-    metrics = metric_order({m for v in views for m in v.metrics})
+    blocks = evaluations(views)
     if json_out:
         print(json.dumps({
             "runs": [{"label": v.label, "run_dir": str(v.run_dir), "score_dir": str(v.score_dir) if v.score_dir else None,
-                      "metrics": v.metrics, "fields": {n: v.fields().get(n) for n in diff}} for v in views],
+                      "evaluation": v.evaluation.to_dict() if v.evaluation else None,
+                      "metrics": v.metrics, "fields": {n: v.fields().get(n) for n in diff},
+                      "other_evaluations": [{**x.evaluation.to_dict(), "score_dir": str(x.score_dir),
+                                             "metrics": x.metrics} for x in v.others]} for v in views],
             "differing": diff,
         }, indent=2, default=str))
         return
@@ -484,13 +518,17 @@ def compare_command(
     for v in views:
         t.add_column(escape(v.label), justify="right", overflow="fold")
     t.add_row("run", *[escape(short(v.train["key"])) for v in views])
-    t.add_row("scored", *[escape(short(v.score["key"])) if v.score else "[yellow]no scores[/]" for v in views])
-    t.add_section()
-    for m in metrics:
-        vals = [v.metrics.get(m) for v in views]
-        best = max((x for x in vals if x is not None), default=None)
-        t.add_row(f"{m} x100", *["-" if x is None else (f"[bold]{100 * x:.2f}[/]" if x == best and len(views) > 1
-                                                         else f"{100 * x:.2f}") for x in vals])
+    if not blocks:
+        t.add_row("scored", *["[yellow]no scores[/]" for _ in views])
+    for e, cells in blocks:   # one block per dataset/split/protocol: a cross or zero-shot score never joins another's rows
+        t.add_section()
+        t.add_row(f"[bold]on {escape(e.label)}[/]",
+                  *[escape(short(rec["key"])) if rec else "[yellow]no scores[/]" for _, rec, _ in cells])
+        for m in metric_order({m for _, _, ms in cells for m in ms}):
+            vals = [ms.get(m) for _, _, ms in cells]
+            best = max((x for x in vals if x is not None), default=None)
+            t.add_row(f"{m} x100", *["-" if x is None else (f"[bold]{100 * x:.2f}[/]" if x == best and len(views) > 1
+                                                             else f"{100 * x:.2f}") for x in vals])
     t.add_section()
     flats = [v.fields() for v in views]
     for n in diff:

@@ -248,7 +248,8 @@ def run_protocol(train_cfg: Config, eval_cfg: Config, *, protocol: str, force: b
                                      manifest_path=eval_cfg.manifest_path,
                                      ccfg=dataclasses.replace(eval_cfg.caption, max_length=ca.config["max_length"]),
                                      eval_emotions=eval_cfg.data.emotions, progress=progress,
-                                     length_note=caption.length_note(eval_cfg, length_from=train_cfg))
+                                     length_note=caption.length_note(eval_cfg, length_from=train_cfg),
+                                     dataset=eval_cfg.data.name, run_dataset=train_cfg.data.name)
         parts["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
         info = {"protocol": protocol, "train_preset": train_cfg.preset, "train_dataset": train_cfg.data.name,
                 "eval_preset": eval_cfg.preset, "eval_dataset": eval_cfg.data.name,
