@@ -207,6 +207,26 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _finish_checkpoints(run_dir: Path) -> None:
+    """A finished run needs no resume state: last.pt drops the optimiser moments (2x the model), scheduler,
+    DWA history and RNG states; and when the best epoch is the last one, last.pt becomes a hard link to
+    best.pt (one copy of the weights on disk, not two)."""
+    last, best = run_dir / CKPT_DIR / "last.pt", run_dir / CKPT_DIR / "best.pt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    if "optimizer" not in ck:
+        return
+    if best.is_file() and torch.load(best, map_location="cpu", weights_only=False).get("epoch") == ck["epoch"]:
+        tmp = last.with_suffix(".pt.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(best, tmp)
+            os.replace(tmp, last)
+            return
+        except OSError:   # no hard links on this filesystem: a slim copy instead
+            tmp.unlink(missing_ok=True)
+    _atomic_save({k: ck[k] for k in ("model", "epoch", "best", "meta")}, last)
+
+
 def model_meta(model: ECPA, shapes: StoreShapes) -> dict:
     """What `load_trained` needs to rebuild the model."""
     from dataclasses import asdict
@@ -404,13 +424,18 @@ def train(
     if resume and last_path.is_file():
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        weighting.load_state_dict(ck["weighting"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"])
         start_epoch, best = ck["epoch"] + 1, ck["best"]
+        if "optimizer" not in ck:   # a finished run's last.pt (`_finish_checkpoints`): nothing left to resume
+            if start_epoch < tc.epochs:
+                raise UserError(f"{last_path}: the checkpoint of a finished run ({start_epoch} epochs) holds no "
+                                f"optimiser state to resume to {tc.epochs} epochs; retrain with --force")
+        else:
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            weighting.load_state_dict(ck["weighting"])
+            if scaler is not None and ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            _set_rng_state(ck["rng"])
         if is_main:  # drop metric lines of epochs after the checkpoint (a crash between the two writes)
             rows = [r for r in read_metrics(run_dir) if r["epoch"] <= ck["epoch"]]
             atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
@@ -482,7 +507,8 @@ def train(
                     last_scores = scores
                     atomic_write_text(run_dir / "val" / f"epoch_{epoch:03d}.json",
                                       json.dumps({"epoch": epoch, "scores": scores, "captions": caps}, indent=1))
-                    improved = best["CIDEr"] is None or scores["CIDEr"] > best["CIDEr"]
+                    # a tie keeps the later epoch: equal CIDEr, more training (README: "best.pt")
+                    improved = best["CIDEr"] is None or scores["CIDEr"] >= best["CIDEr"]
                     if improved:
                         best = {"CIDEr": scores["CIDEr"], "epoch": epoch}
                 else:
@@ -503,6 +529,8 @@ def train(
                 break
     if is_main and epoch_times:  # the plot is redrawn at the end of every (resumed) run: matplotlib is slow
         plot_metrics(read_metrics(run_dir), run_dir / PLOT_FILE)
+    if is_main and epoch_times and start_epoch + len(epoch_times) == tc.epochs:
+        _finish_checkpoints(run_dir)
 
     return {
         "epochs_run": len(epoch_times), "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch,

@@ -100,3 +100,38 @@ JAVA_HINT = (
     "`sudo apt-get install -y default-jre-headless` (Debian/Ubuntu) or `conda install -c conda-forge openjdk`; "
     "or pass --set score.meteor=false to skip METEOR"
 )
+
+
+def random_extractors(cfg: Config | None = None, caption_dir: Path | None = None) -> list[str]:
+    """The extractors whose weights were random for the features behind `cfg` (its extract config) or behind a
+    caption output (the store its record names, whose extract record lists the weights)."""
+    weights: dict = {}
+    if cfg is not None:
+        from stages.extract import weight_provenance
+
+        weights = weight_provenance(cfg)
+    elif caption_dir is not None:
+        from pipeline.records import DamagedRecordError, read_record
+
+        try:
+            cap = read_record(Path(caption_dir)) or {}
+            store = (cap.get("extra") or {}).get("store")
+            ex = read_record(Path(store).parent) if store else None
+        except DamagedRecordError:
+            ex = None
+        weights = ((ex or {}).get("extra") or {}).get("weights") or {}
+    return [k for k, v in weights.items() if v == "random-init"]
+
+
+def random_note(names: list[str]) -> str:
+    """The line every summary carries when features came from random weights ('' when none did)."""
+    if not names:
+        return ""
+    return (f"RANDOM WEIGHTS: the features come from random {', '.join(names)} extractor weights "
+            "(extract.random_init=true); these numbers are for trials, not results")
+
+
+def print_random_note(names: list[str]) -> None:
+    note = random_note(names)
+    if note:
+        out.print(f"[bold yellow]{note}[/]", highlight=False)

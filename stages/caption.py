@@ -246,6 +246,7 @@ def print_caption_summary(rec: dict, out_dir: Path, n_show: int = 3) -> None:
     out.print(f"[green]caption[/] {rec['key'][:16]}: {c.get('clips')} clips "
                   f"({t.get('captions_per_s')} captions/s), {c.get('skipped', 0)} skipped, "
                   f"{c.get('empty_captions', 0)} empty -> {out_dir}", highlight=False)
+    _common.print_random_note(_common.random_extractors(caption_dir=out_dir))
     ex = rec.get("extra", {})
     if ex.get("max_length_from"):
         out.print(f"  max length {ex['max_length_from']}; vocabulary: {ex.get('vocabulary', 'all')}", highlight=False)

@@ -33,7 +33,8 @@ from rich.table import Table
 from pipeline.config import SECTIONS, Config, DataConfig
 from pipeline.errors import UserError
 from pipeline.records import DamagedRecordError, diff_configs, read_record, short
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
+from stages._common import (CacheOpt, PresetOpt, SetOpt, console, out, print_random_note, random_extractors,
+                            resolve_config, user_errors)
 from stages.plan import StagePlan, plan
 
 STAGES = ["extract", "train", "caption", "score"]
@@ -285,13 +286,20 @@ def run_chain(
     for name in STAGES[: STAGES.index(upto) + 1]:
         p = plans[name]
         why = explain(cfg, p)
+        repair = False
+        if name == "extract" and why.status == "fresh":
+            # what `ecpa status` checks (records, chunk files, done flags; the checksums stay with --verify):
+            # a record alone never makes a damaged store "reused"
+            damage = store_damage(cfg, p)
+            repair = damage is not None
+            why = damage or why
         where = escape(_rel(p.out_dir, cfg.cache_dir))
         if why.status == "fresh" and name not in force:
             result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
             say(f"[green]{name}: reused[/] ({where})")
             continue
         reason = "forced" if why.status == "fresh" else escape(why.text(cfg.cache_dir))
-        say(f"[bold cyan]{name}: run[/] ({reason})")
+        say(f"[bold cyan]{name}: run[/] ({reason}{' - doing that now' if repair else ''})")
         outcome = StageOutcome(name, p.key, p.out_dir, "failed", why)
         result.outcomes.append(outcome)
         run = getattr(stage_module(name), "run", None)
@@ -299,7 +307,10 @@ def run_chain(
             raise UserError(f"stage {name} has no run() yet; it cannot be chained")
         t0 = time.perf_counter()
         try:
-            run(cfg, force=name in force, progress=progress)
+            if repair:
+                run(cfg, force=name in force, progress=progress, verify=True)   # recomputes the damaged clips
+            else:
+                run(cfg, force=name in force, progress=progress)
         finally:
             outcome.seconds = time.perf_counter() - t0
         if p.status() != "fresh":
@@ -338,6 +349,8 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
         style = {"reused": "green", "run": "cyan", "failed": "bold red"}[o.action]
         t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(_rel(o.out_dir, base)))
     out.print(t)
+    if cfg is not None:
+        print_random_note(random_extractors(cfg))
     if result.scores:
         from pipeline.records import read_record
         from stages.score import print_scores
@@ -387,6 +400,7 @@ def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list
     checked too (`store_damage`: chunk files and done flags; with `verify`, every chunk's checksum), so a
     damaged store shows as 'damaged' rather than trusting stage.json alone."""
     rows = []
+    random = random_extractors(cfg)   # every stage of this chain stands on these features
     for name, p in plan(cfg, upto=upto).items():
         why = explain(cfg, p)
         if name == "extract" and why.status == "fresh":
@@ -394,7 +408,7 @@ def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list
         rows.append({
             "stage": name, "key": p.key, "short": short(p.key), "dir": str(p.out_dir), "status": why.status,
             "reason": why.text(cfg.cache_dir), "changes": why.changes,
-            "nearest": str(why.nearest) if why.nearest else None,
+            "nearest": str(why.nearest) if why.nearest else None, "random_weights": random,
         })
     return rows
 
@@ -417,9 +431,13 @@ def status_command(
         t.add_column(col, overflow="fold", no_wrap=col in ("stage", "key", "status"))
     for r in rows:
         style = STATUS_STYLE.get(r["status"], "white")
+        why = r["reason"] if r["status"] != "fresh" else ""
+        if r["random_weights"]:
+            why = f"{why}; " * bool(why) + f"RANDOM WEIGHTS: {', '.join(r['random_weights'])}"
         t.add_row(r["stage"], r["short"], f"[{style}]{r['status']}[/]", escape(_abbrev(_rel(Path(r["dir"]), cfg.cache_dir))),
-                  escape(r["reason"] if r["status"] != "fresh" else ""))
+                  escape(why))
     out.print(t)
+    print_random_note(rows[0]["random_weights"] if rows else [])
 
 
 def run_sweep(

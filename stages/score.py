@@ -26,7 +26,8 @@ import typer
 from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, write_record
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
+from stages._common import (CacheOpt, PresetOpt, SetOpt, console, out, print_random_note, random_extractors,
+                            resolve_config, user_errors)
 
 VERSION = "1"
 """Bump with the scorer (tokenisation, metric set)."""
@@ -213,6 +214,7 @@ def print_scores(rec: dict, out_dir: Path, title: str = "scores", skip_notes: li
             cells = [metrics[m]] + ([base.get(m)] if base else [])
             t.add_row(m, *("n/a" if v is None else f"{100 * v:.2f}" for v in cells))
     out.print(t)
+    print_random_note(random_extractors(caption_dir=Path(out_dir).parent.parent))
     if base:
         out.print(f"baseline caption (most frequent in training): \"{baseline['caption']}\"; "
                       f"majority emotion: {baseline['emotion']}; chance: {100 * baseline['emotion_chance']:.1f}",

@@ -169,3 +169,4 @@ def command(
     rows = build_rows(caption_dir, ids, n)
     path = render_sheet(rows, Path(out) if out else caption_dir / SHOW_FILE)
     _common.out.print(f"[green]show[/]: {len(rows)} clips -> {path}", highlight=False)
+    _common.print_random_note(_common.random_extractors(caption_dir=caption_dir))

@@ -139,3 +139,4 @@ def command(
     shown = f"best val CIDEr {cider:.3f} (epoch {best.get('epoch')})" if cider is not None else \
         f"best = epoch {best.get('epoch')} (no validation)"
     out.print(f"[green]train[/] {rec['key'][:16]}: {shown}; run folder {extra.get('run_dir')}", highlight=False)
+    _common.print_random_note(_common.random_extractors(cfg))
