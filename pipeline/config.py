@@ -113,6 +113,10 @@ class ExtractConfig:
     """auto, cpu or cuda[:n]."""
     log_every: int = knob(100)
     """Clips between plain progress lines when stdout is not a terminal (a line every 60 s at the latest too)."""
+    trust_pickle: list[str] = knob(default_factory=list)
+    """Checkpoint files (paths, or names under weights_dir) that may be read with Python's full unpickler when
+    torch.load(weights_only=True) refuses them. Such a file can run any code it carries: name only files you
+    trust. Recorded in the extraction's stage.json; every other file is read as plain weights only."""
 
 
 @dataclass

@@ -256,6 +256,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                          "compute_s": round(result.compute_seconds, 3), "write_s": round(result.write_seconds, 3)},
                 counts=counts,
                 extra={"store": str(store_path), "errors": str(errors_path), "weights": dict(extractors.provenance),
+                       "trust_pickle": list(ex.trust_pickle),
+                       "full_unpickler": list(getattr(extractors, "unpickled", [])),
                        "clips_per_s": summary["clips_per_s"], "device": str(device),
                        "distributed": scheduler or (f"local:{workers_cluster}" if workers_cluster else None)},
             )
