@@ -351,8 +351,12 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
     out.print(t)
     if cfg is not None:
         print_random_note(random_extractors(cfg))
+    cap_dir = result.out_dir("caption")
+    cap = read_record(cap_dir) if cap_dir is not None and (cap_dir / "stage.json").is_file() else None
+    if cap and (cap.get("extra") or {}).get("max_length_from"):
+        ex = cap["extra"]
+        out.print(f"caption max length {ex['max_length_from']}; vocabulary: {ex.get('vocabulary')}", highlight=False)
     if result.scores:
-        from pipeline.records import read_record
         from stages.score import print_scores
 
         score_dir = result.out_dir("score")

@@ -32,7 +32,9 @@ def test_run_to_files_logs_periodic_progress_lines(tmp_path):
     assert train[-1][0] == train[-1][1]
     caption = re.findall(r"^caption (\d+)/(\d+) clips \| ", log, re.M)
     assert len(caption) >= 2 and caption[-1][0] == caption[-1][1], log
-    # the stage lines and the summary are results: stdout; the random-weights warning is a diagnostic: stderr
+    # the stage lines and the summary are results: stdout; the random-weights warning is a diagnostic: stderr,
+    # and the summary names the random-weight extractors too
     assert re.search(r"^train: run ", log, re.M) and "chain done" in log
-    assert "RANDOM WEIGHTS" in err and "RANDOM WEIGHTS" not in log
+    assert "RANDOM WEIGHTS for er, au, swin" in err and "RANDOM WEIGHTS for" not in log
+    assert "RANDOM WEIGHTS: the features come from random er, au, swin" in log
     assert not re.search(r"^(extract|train|caption) \d+/\d+ ", err, re.M)
