@@ -207,15 +207,12 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _finish_checkpoints(run_dir: Path) -> None:
+def _finish_checkpoints(run_dir: Path, best_epoch: int | None, last_epoch: int) -> None:
     """A finished run needs no resume state: last.pt drops the optimiser moments (2x the model), scheduler,
     DWA history and RNG states; and when the best epoch is the last one, last.pt becomes a hard link to
     best.pt (one copy of the weights on disk, not two)."""
     last, best = run_dir / CKPT_DIR / "last.pt", run_dir / CKPT_DIR / "best.pt"
-    ck = torch.load(last, map_location="cpu", weights_only=False)
-    if "optimizer" not in ck:
-        return
-    if best.is_file() and torch.load(best, map_location="cpu", weights_only=False).get("epoch") == ck["epoch"]:
+    if best_epoch == last_epoch and best.is_file():
         tmp = last.with_suffix(".pt.link")
         tmp.unlink(missing_ok=True)
         try:
@@ -224,7 +221,9 @@ def _finish_checkpoints(run_dir: Path) -> None:
             return
         except OSError:   # no hard links on this filesystem: a slim copy instead
             tmp.unlink(missing_ok=True)
-    _atomic_save({k: ck[k] for k in ("model", "epoch", "best", "meta")}, last)
+    ck = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+    if "optimizer" in ck:
+        _atomic_save({k: ck[k] for k in ("model", "epoch", "best", "meta")}, last)
 
 
 def model_meta(model: ECPA, shapes: StoreShapes) -> dict:
@@ -530,7 +529,7 @@ def train(
     if is_main and epoch_times:  # the plot is redrawn at the end of every (resumed) run: matplotlib is slow
         plot_metrics(read_metrics(run_dir), run_dir / PLOT_FILE)
     if is_main and epoch_times and start_epoch + len(epoch_times) == tc.epochs:
-        _finish_checkpoints(run_dir)
+        _finish_checkpoints(run_dir, best.get("epoch"), tc.epochs - 1)
 
     return {
         "epochs_run": len(epoch_times), "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch,

@@ -120,7 +120,8 @@ def random_extractors(cfg: Config | None = None, caption_dir: Path | None = None
         except DamagedRecordError:
             ex = None
         weights = ((ex or {}).get("extra") or {}).get("weights") or {}
-    return [k for k, v in weights.items() if v == "random-init"]
+    order = {"er": 0, "au": 1, "swin": 2}
+    return sorted((k for k, v in weights.items() if v == "random-init"), key=lambda k: (order.get(k, 9), k))
 
 
 def random_note(names: list[str]) -> str:

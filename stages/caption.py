@@ -79,7 +79,8 @@ def _data_length(ident: tuple, cfg: Config) -> tuple[int, str]:
         counts = piece_counts(tok, caps)
         n = decoding_length(counts, cfg.model.max_caption_len)
         capped = " (capped at model.max_caption_len)" if n < decoding_length(counts, 10**9) else ""
-        _LENGTHS[ident] = (n, f"{n} from the {len(caps)} training captions: {LENGTH_PERCENTILE}th percentile "
+        what = "the training caption" if len(caps) == 1 else f"the {len(caps)} training captions"
+        _LENGTHS[ident] = (n, f"{n} from {what}: {LENGTH_PERCENTILE}th percentile "
                               f"{n - 2} word pieces + [CLS]/[SEP], longest {max(counts)}{capped}")
     return _LENGTHS[ident]
 

@@ -303,7 +303,7 @@ def command(
     out.print(f"[bold green]extract[/] {c['done']}/{c['clips']} clips done, {c['failed']} failed, "
                   f"{c.get('skipped', 0) if s else c['done']} skipped{rate}{reused} -> {rec['extra']['store']}",
                   highlight=False)
-    _common.print_random_note([k for k, v in rec["extra"].get("weights", {}).items() if v == "random-init"])
+    _common.print_random_note(_common.random_extractors(cfg))
     if c["failed"]:
         console.print(f"[yellow]{c['failed']} clips failed[/]; reasons in {rec['extra']['errors']}", highlight=False)
     if export_hdf5 is not None:
