@@ -2,7 +2,8 @@
 
 On a terminal a live bar is drawn; with no terminal (nohup, a batch scheduler, output sent to a file) a bar
 draws nothing useful, so a plain line is emitted instead every `every_n` items or `every_s` seconds,
-whichever comes first, and once at the end:
+whichever comes first (a heartbeat thread keeps the seconds even while one long batch is in flight), and
+once at the end:
 
     extract 120/10000 clips (3 failed) | 0.07 clips/s (14.29 s/clip) over 28m37s | ETA 1d15h13m
 
@@ -17,6 +18,8 @@ a terminal). Without either, nothing is shown.
 """
 from __future__ import annotations
 
+import math
+import threading
 import time
 from typing import Callable
 
@@ -63,6 +66,9 @@ class Progress:
         self.t0 = self.t_last = clock()
         self.n_last = self.done
         self.lines = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
         self._bar = None
         if console is not None and getattr(console, "is_terminal", False):
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
@@ -96,15 +102,24 @@ class Progress:
     # ---- reporting ----------------------------------------------------------------------------------
 
     def advance(self, n: int = 1, status: str | None = None) -> None:
-        self.done += n
-        if status is not None:
-            self.status = status
-        if self._bar is not None:
-            self._bar.update(self._task, advance=n, rate=rate_text(self.done - self.start_done, self.elapsed, self.unit),
-                             status=self.status)
-        now = self.clock()
-        if self.done - self.n_last >= self.every_n or now - self.t_last >= self.every_s:
-            self._emit_line(now)
+        with self._lock:
+            self.done += n
+            if status is not None:
+                self.status = status
+            if self._bar is not None:
+                self._bar.update(self._task, advance=n,
+                                 rate=rate_text(self.done - self.start_done, self.elapsed, self.unit), status=self.status)
+            now = self.clock()
+            if self.done - self.n_last >= self.every_n or now - self.t_last >= self.every_s:
+                self._emit_line(now)
+
+    def _heartbeat(self) -> None:
+        """A line every `every_s` seconds though nothing advanced (a batch of slow clips in flight)."""
+        while not self._stop.wait(self.every_s):
+            with self._lock:
+                now = self.clock()
+                if now - self.t_last >= self.every_s:
+                    self._emit_line(now)
 
     def _emit_line(self, now: float) -> None:
         if self.emit is not None:
@@ -115,13 +130,20 @@ class Progress:
     def __enter__(self) -> "Progress":
         if self._bar is not None:
             self._bar.start()
+        if self.emit is not None and math.isfinite(self.every_s) and self.clock is time.monotonic:
+            self._beat = threading.Thread(target=self._heartbeat, name=f"progress-{self.what}", daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
         if self._bar is not None:
             self._bar.stop()
-        if self.done != self.n_last:     # the last line: how far it got, at what rate
-            self._emit_line(self.clock())
+        with self._lock:
+            if self.done != self.n_last:     # the last line: how far it got, at what rate
+                self._emit_line(self.clock())
 
 
 def quiet(what: str, total: int, **kw) -> Progress:

@@ -58,3 +58,18 @@ def test_no_emit_no_console_shows_nothing_but_counts():
     p = Progress("x", 3, every_n=1)
     p.advance(3)
     assert p.done == 3 and p.lines == 0
+
+
+def test_heartbeat_lines_while_a_long_batch_is_in_flight():
+    """Real clock: with nothing advancing for a while, a line still comes every every_s seconds."""
+    import time
+
+    lines = []
+    with Progress("extract", 8, every_n=100, every_s=0.2, emit=lines.append) as p:
+        p.advance(1)
+        time.sleep(0.9)                      # one slow batch: no advance() for 0.9 s
+        beats = len(lines)
+        p.advance(7)
+    assert beats >= 3, lines                 # ~every 0.2 s, each with the whole-run rate
+    assert all(line.startswith("extract 1/8 clips | ") for line in lines[:beats])
+    assert lines[-1].startswith("extract 8/8 clips") and lines[-1].endswith("| done")
