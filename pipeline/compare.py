@@ -1,8 +1,10 @@
 """Side-by-side view of several training runs: metrics and the config fields that differ.
 
-A "run" is a train output folder (cache/<ds>/runs/<train-key>/); its metrics are the latest scores
-among its caption outputs (runs/<key>/captions/*/scores/*/). A caption or score folder may be given
-instead, to pick one decoding of a run. Short keys resolve under a cache folder by prefix.
+A "run" is a train output folder (cache/<ds>/runs/<train-key>/). Each score is on one evaluation: a dataset
+and split, in-domain (the run's own dataset) or a protocol (`ecpa cross`: another dataset; `ecpa zeroshot`:
+MSVD / MSR-VTT). A run's metrics are its latest in-domain scores; its other evaluations are shown beside them,
+each labelled, never mixed into the in-domain rows. A caption or score folder may be given instead, to pick
+one decoding (and evaluation) of a run. Short keys resolve under a cache folder by prefix.
 """
 from __future__ import annotations
 
@@ -48,6 +50,48 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What a score is on."""
+
+    dataset: str
+    split: str
+    protocol: str
+    """in-domain, cross or zeroshot."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.split}" + ("" if self.protocol == "in-domain" else f" ({self.protocol})")
+
+    def to_dict(self) -> dict:
+        return {"dataset": self.dataset, "split": self.split, "protocol": self.protocol}
+
+
+def evaluation_of(caption_dir: Path, caption: dict | None) -> Evaluation:
+    """The dataset, split and protocol of a caption output (cache/<ds>/runs/<key>/captions/<key>/). Records
+    written since issue 18 say so in `extra`; older ones are read from the protocol record and the path."""
+    caption = caption or {}
+    extra = caption.get("extra") or {}
+    run_dataset = extra.get("run_dataset") or Path(caption_dir).parents[3].name
+    proto = extra.get("protocol") or {}
+    dataset = extra.get("dataset") or proto.get("eval_dataset") or run_dataset
+    split = str((caption.get("config") or {}).get("split", "?"))
+    kind = "in-domain" if dataset == run_dataset else str(proto.get("protocol") or "cross")
+    return Evaluation(dataset, split, kind)
+
+
+@dataclass
+class Scored:
+    """One score output of a run, with what it is on."""
+
+    evaluation: Evaluation
+    score_dir: Path
+    score: dict
+    caption_dir: Path
+    caption: dict | None
+    metrics: dict[str, float]
+
+
 @dataclass
 class RunView:
     """What compare shows for one run."""
@@ -61,6 +105,11 @@ class RunView:
     score_dir: Path | None = None
     score: dict | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    """The shown scores: the latest in-domain ones, or those of the pinned caption/score folder."""
+    evaluation: Evaluation | None = None
+    """What `metrics` are on."""
+    others: list[Scored] = field(default_factory=list)
+    """The latest score of each other evaluation of the run (cross-dataset, zero-shot, another split)."""
 
     def fields(self) -> dict[str, Any]:
         """Every config field behind this run's numbers, dotted (train slice, extract key, decoding, scoring)."""
@@ -82,17 +131,6 @@ def _record(path: Path) -> dict | None:
         return read_record(path)
     except DamagedRecordError:
         return None
-
-
-def _latest(dirs: list[Path], stage: str) -> tuple[Path, dict] | None:
-    best = None
-    for d in dirs:
-        rec = _record(d)
-        if rec is None or rec.get("stage") != stage:
-            continue
-        if best is None or rec.get("created", 0) > best[1].get("created", 0):
-            best = (d, rec)
-    return best
 
 
 def resolve_run(arg: str, caches: list[Path]) -> Path:
@@ -136,16 +174,67 @@ def load_view(path: Path, label: str | None = None) -> RunView:
     train = read_record(run_dir)
     if train is None or train.get("stage") != "train":
         raise UserError(f"{run_dir}: not a finished train output (no train {RECORD_NAME})")
-    if score_dir is None:
-        pattern = f"{caption_dir.name}/scores/*" if caption_dir is not None else "*/scores/*"
-        latest = _latest(sorted((run_dir / "captions").glob(pattern)), "score")
-        if latest is not None:
-            score_dir, score = latest
-            caption_dir = score_dir.parent.parent
+    scored = _scored(run_dir)
+    if score_dir is None and caption_dir is not None:      # a pinned decoding: its latest score
+        mine = [x for x in scored if x.caption_dir == caption_dir]
+        if mine:
+            score_dir, score = mine[0].score_dir, mine[0].score
+    elif score_dir is None:                                 # a run: its latest in-domain score
+        own = [x for x in scored if x.evaluation.protocol == "in-domain"]
+        if own:
+            score_dir, score = own[0].score_dir, own[0].score
+            caption_dir = own[0].caption_dir
     if caption_dir is not None:
         caption = read_record(caption_dir)
     metrics = read_scores(score_dir) if score_dir is not None else {}
-    return RunView(label or str(path), run_dir, train, caption_dir, caption, score_dir, score, metrics)
+    evaluation = evaluation_of(caption_dir, caption) if caption_dir is not None else None
+    others, seen = [], {evaluation}
+    for x in scored:                                        # newest first: one per other evaluation
+        if x.evaluation not in seen:
+            seen.add(x.evaluation)
+            others.append(x)
+    others.sort(key=lambda x: (x.evaluation.protocol != "in-domain", x.evaluation.label))
+    return RunView(label or str(path), run_dir, train, caption_dir, caption, score_dir, score, metrics, evaluation,
+                   others)
+
+
+def _scored(run_dir: Path) -> list[Scored]:
+    """Every finished score output of a run, newest first."""
+    out = []
+    for d in sorted((Path(run_dir) / "captions").glob("*/scores/*")):
+        rec = _record(d)
+        if rec is None or rec.get("stage") != "score":
+            continue
+        cap = _record(d.parent.parent)
+        try:
+            metrics = read_scores(d)
+        except UserError:
+            continue
+        out.append(Scored(evaluation_of(d.parent.parent, cap), d, rec, d.parent.parent, cap, metrics))
+    out.sort(key=lambda x: -float(x.score.get("created", 0) or 0))
+    return out
+
+
+def evaluations(views: list[RunView]) -> list[tuple[Evaluation, list[tuple[Path | None, dict | None, dict]]]]:
+    """The rows of a comparison: one block per evaluation (in-domain first), each with every view's
+    (score_dir, score record, metrics) on it (None, None, {} where a view has none)."""
+    labels: list[Evaluation] = []
+    for v in views:
+        for e in [v.evaluation, *(x.evaluation for x in v.others)]:
+            if e is not None and e not in labels:
+                labels.append(e)
+    labels.sort(key=lambda e: (e.protocol != "in-domain", e.label))
+    blocks = []
+    for e in labels:
+        cells = []
+        for v in views:
+            if v.evaluation == e:
+                cells.append((v.score_dir, v.score, v.metrics))
+            else:
+                x = next((x for x in v.others if x.evaluation == e), None)
+                cells.append((x.score_dir, x.score, x.metrics) if x else (None, None, {}))
+        blocks.append((e, cells))
+    return blocks
 
 
 def differing_fields(views: list[RunView]) -> list[str]:

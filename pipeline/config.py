@@ -115,6 +115,12 @@ class ExtractConfig:
     """Decoding worker processes overlapped with compute."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
+    log_every: int = knob(100)
+    """Clips between plain progress lines when stdout is not a terminal (a line every 60 s at the latest too)."""
+    trust_pickle: list[str] = knob(default_factory=list)
+    """Checkpoint files (paths, or names under weights_dir) that may be read with Python's full unpickler when
+    torch.load(weights_only=True) refuses them. Such a file can run any code it carries: name only files you
+    trust. Recorded in the extraction's stage.json; every other file is read as plain weights only."""
 
 
 @dataclass
@@ -222,7 +228,7 @@ class TrainConfig:
     num_workers: int = knob(0)
     """DataLoader workers."""
     log_every: int = knob(10)
-    """Steps between progress lines."""
+    """Steps between plain progress lines (epoch, step, losses, lr, steps/s, ETA) when stdout is not a terminal."""
     ram_cache_gb: float = knob(16.0)
     """Stores whose training arrays fit in this many GiB are read into RAM once; larger ones are read per clip."""
     validate: bool = True
@@ -235,8 +241,13 @@ class CaptionConfig:
     """Which split of the manifest to caption."""
     beam_size: int = 1
     """1 = greedy; >1 beam search."""
-    max_length: int = 20
-    """Generated tokens at most, [CLS] included (SwinBERT: 20)."""
+    max_length: int = 0
+    """Generated tokens at most, [CLS] included. 0: from the data, the 99th-percentile length of the
+    training captions in word pieces + [CLS] and [SEP], at most model.max_caption_len (the resolved number
+    is what the caption key hashes). SwinBERT's fixed 20 is `--set caption.max_length=20`."""
+    vocabulary: str = "train"
+    """What decoding may emit: train (word pieces that occur in the training captions, plus [SEP]; never a
+    '##' piece first) or all (SwinBERT: any token but [PAD]/[CLS]/[MASK])."""
     length_penalty: float = 1.0
     """Beam search: score / length**length_penalty."""
     checkpoint: str = "best"
@@ -247,6 +258,8 @@ class CaptionConfig:
     """Clips decoded together."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
+    log_every: int = knob(100)
+    """Clips between plain progress lines when stdout is not a terminal (a line every 60 s at the latest too)."""
 
 
 @dataclass

@@ -23,7 +23,9 @@ Both give the same captions (tests/pipeline/test_decoding.py) in eval mode; `dec
 to eval for its duration and restores the previous mode.
 
 Search details shared by both paths: [PAD], [CLS] and [MASK] are never generated (they are not words);
-[UNK] and [SEP] are. Returned ids exclude [CLS] and [SEP].
+[UNK] and [SEP] are. With `words_only` (caption.vocabulary=train) only the word pieces of the training
+captions (`tokenizer.caption_pieces`) and [SEP] can be generated, and the first token is a word-initial
+piece (no '##' continuation, no [SEP]). Returned ids exclude [CLS] and [SEP].
 """
 from __future__ import annotations
 
@@ -166,8 +168,25 @@ def _eval_mode(model) -> Iterator[None]:
         model.train(was_training)
 
 
-def _banned(model) -> list[int]:
-    return sorted({int(model.pad_id), int(model.cls_id), int(model.mask_id)})
+def _banned(model, tokenizer, words_only: bool, V: int, device) -> tuple[Tensor, Tensor]:
+    """(V,) bool masks of the ids never generated, and of those never generated first."""
+    ban = torch.zeros(V, dtype=torch.bool, device=device)
+    ban[[int(model.pad_id), int(model.cls_id), int(model.mask_id)]] = True   # not words
+    if not words_only:
+        return ban, ban
+    if tokenizer is None or tokenizer.caption_pieces is None:
+        raise UserError("caption.vocabulary=train needs the word pieces of the training captions "
+                        "(caption_pieces.json beside the run's tokenizer.json); retrain, or set caption.vocabulary=all")
+    keep = torch.zeros(V, dtype=torch.bool, device=device)
+    keep[torch.tensor(tokenizer.caption_pieces, dtype=torch.long, device=device)] = True
+    keep[int(model.sep_id)] = True
+    ban = ban | ~keep
+    first = ban.clone()
+    first[int(model.sep_id)] = True                                          # a caption starts with a word
+    cont = tokenizer.continuation_ids()
+    if cont:
+        first[torch.tensor(cont, dtype=torch.long, device=device)] = True   # ... and a word starts without '##'
+    return ban, first
 
 
 def _check_args(model, tokenizer, beam_size: int, max_length: int) -> None:
@@ -188,15 +207,14 @@ def _check_args(model, tokenizer, beam_size: int, max_length: int) -> None:
             )
 
 
-def _greedy(step, model, B: int, max_length: int, device) -> list[list[int]]:
+def _greedy(step, model, B: int, max_length: int, device, banned: tuple[Tensor, Tensor]) -> list[list[int]]:
     cls, sep, mask, pad = model.cls_id, model.sep_id, model.mask_id, model.pad_id
-    banned = _banned(model)
     tokens = torch.full((B, 1), cls, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     mask_col = torch.full((B, 1), mask, dtype=torch.long, device=device)
-    for _ in range(1, max_length):                      # the sequence holds at most max_length tokens
+    for cur_len in range(1, max_length):                # the sequence holds at most max_length tokens
         logits = step.logits(torch.cat([tokens, mask_col], dim=1), None)
-        logits[:, banned] = -math.inf
+        logits = logits.masked_fill(banned[cur_len == 1], -math.inf)
         nxt = logits.argmax(dim=-1)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -214,13 +232,13 @@ def _greedy(step, model, B: int, max_length: int, device) -> list[list[int]]:
     return out
 
 
-def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, device) -> list[list[int]]:
+def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, device,
+          banned: tuple[Tensor, Tensor]) -> list[list[int]]:
     """Beam search; a finished hypothesis scores sum(log p) / (generated tokens, [SEP] included)**length_penalty.
 
     A clip stops when it holds K finished hypotheses and its best live beam cannot beat the worst of them
     at the current length (the usual heuristic); at max_length the live beams count as finished."""
     cls, sep, mask, pad = model.cls_id, model.sep_id, model.mask_id, model.pad_id
-    banned = _banned(model)
     N = B * K
     tokens = torch.full((N, 1), cls, dtype=torch.long, device=device)
     mask_col = torch.full((N, 1), mask, dtype=torch.long, device=device)
@@ -232,7 +250,7 @@ def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, d
     for cur_len in range(1, max_length):                # cur_len = tokens generated after this step
         logits = step.logits(torch.cat([tokens, mask_col], dim=1), parent)
         logp = torch.log_softmax(logits.float(), dim=-1)
-        logp[:, banned] = -math.inf
+        logp = logp.masked_fill(banned[cur_len == 1], -math.inf)
         V = logp.shape[-1]
         cand = (scores.view(N, 1) + logp).view(B, K * V)
         top_s, top_i = cand.topk(2 * K, dim=1)
@@ -305,22 +323,25 @@ def decode_with_emotion(
     length_penalty: float = 1.0,
     use_cache: bool = True,
     with_emotion: bool = True,
+    words_only: bool = False,
 ) -> tuple[list[list[int]], Tensor | None]:
     """Captions (token ids without [CLS]/[SEP], one list per clip) and emotion logits (B, E) (None when the
     model has no emotion head). `batch` holds the cached arrays (`vid`, `er`, `au_feats`, `au_probs`);
-    tensors are moved to the model's device. `max_length` counts [CLS]; `beam_size` 1 is greedy.
+    tensors are moved to the model's device. `max_length` counts [CLS]; `beam_size` 1 is greedy;
+    `words_only`: emit only `tokenizer.caption_pieces` and [SEP], never a '##' piece first.
     The emotion is read after the search, from the class tokens over the generated caption
     (`ECPA.emotion_for_captions`; from the context alone in the visual-only variant)."""
     _check_args(model, tokenizer, beam_size, max_length)
     device = next(model.parameters()).device
     batch = _to_device(batch, device)
     B = batch["vid"].shape[0]
+    banned = _banned(model, tokenizer, words_only, model.vocab_size, device)
     with _eval_mode(model):
         step = (_PrefixCache if use_cache else _Uncached)(model, batch, beam_size, max_length)
         if beam_size == 1:
-            ids = _greedy(step, model, B, max_length, device)
+            ids = _greedy(step, model, B, max_length, device, banned)
         else:
-            ids = _beam(step, model, B, beam_size, max_length, length_penalty, device)
+            ids = _beam(step, model, B, beam_size, max_length, length_penalty, device, banned)
         emotion = model.emotion_for_captions(batch, ids) if with_emotion else None
     return ids, (None if emotion is None else emotion.float())
 
@@ -334,11 +355,12 @@ def decode(
     max_length: int = 20,
     length_penalty: float = 1.0,
     use_cache: bool = True,
+    words_only: bool = False,
 ) -> list[list[int]]:
     """Token ids of one caption per clip (without [CLS]/[SEP]); see `decode_with_emotion`."""
     return decode_with_emotion(
         model, batch, tokenizer, beam_size=beam_size, max_length=max_length,
-        length_penalty=length_penalty, use_cache=use_cache, with_emotion=False,
+        length_penalty=length_penalty, use_cache=use_cache, with_emotion=False, words_only=words_only,
     )[0]
 
 

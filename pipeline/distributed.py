@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 from pipeline.config import ExtractConfig
 from pipeline.extraction import ClipTask, ExtractResult
@@ -57,12 +57,12 @@ def run_shard(store_path: str, tasks: list[ClipTask], ex_dict: dict, num_emotion
 
 def extract_distributed(store_path: str, tasks: Sequence[ClipTask], ex: ExtractConfig, num_emotions: int, *,
                         seed: int = 0, scheduler: str | None = None, n_workers: int | None = None,
-                        shards_per_worker: int = 4, progress: bool = True) -> ExtractResult:
-    """Extract `tasks` on dask workers into the existing store at `store_path`; merged result."""
+                        shards_per_worker: int = 4, progress: bool | Callable = False) -> ExtractResult:
+    """Extract `tasks` on dask workers into the existing store at `store_path`; merged result. `progress`: a
+    factory `(what, total, **kw) -> pipeline.progress.Progress` (the command's), or a bool (count only)."""
     from dask.distributed import Client, LocalCluster, as_completed
-    from rich.progress import Progress
 
-    from stages._common import console
+    from pipeline.progress import quiet
 
     cluster = None
     if scheduler:
@@ -81,11 +81,11 @@ def extract_distributed(store_path: str, tasks: Sequence[ClipTask], ex: ExtractC
         import time
 
         t0 = time.perf_counter()
-        with Progress(console=console, disable=not progress) as bar:
-            job = bar.add_task(f"extract on {n} dask workers", total=len(tasks))
+        make = progress if callable(progress) else quiet
+        with make(f"extract on {n} dask workers", len(tasks)) as bar:
             for fut in as_completed(futures):
                 result.merge(fut.result())
-                bar.update(job, advance=futures[fut])
+                bar.advance(futures[fut])
         result.seconds = time.perf_counter() - t0
     finally:
         client.close()

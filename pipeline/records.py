@@ -13,6 +13,7 @@ References: HF datasets `fingerprint.py` (parent fingerprint chained into the ch
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,18 +47,24 @@ def short(key: str) -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose behaviour shapes the outputs (recorded, not keyed)."""
+    return dict(_library_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version()}
     for name in ("torch", "torchvision", "timm", "transformers", "tokenizers", "zarr", "numpy", "decord", "av", "pycocoevalcap"):
+        # the installed distribution's version first: some packages (pycocoevalcap) carry no __version__
+        try:
+            out[name] = version(name)
+            continue
+        except PackageNotFoundError:
+            pass
         mod = sys.modules.get(name)
-        if mod is None:
-            try:
-                from importlib.metadata import version
-
-                out[name] = version(name)
-            except Exception:  # not installed: nothing to record
-                continue
-        else:
-            out[name] = getattr(mod, "__version__", "?")
+        if mod is not None and getattr(mod, "__version__", None):
+            out[name] = str(mod.__version__)   # importable without distribution metadata (a source tree)
     return out
 
 

@@ -99,12 +99,15 @@ class SweepPoint:
     metrics: dict[str, float] = field(default_factory=dict)
     actions: dict[str, str] = field(default_factory=dict)
     """Stage -> 'reused' or 'run'."""
+    evaluation: dict[str, str] = field(default_factory=dict)
+    """What the metrics are on: {'dataset', 'split'} (a sweep scores in-domain only)."""
 
 
 def write_csv(path: Path, fields: list[str], points: list[SweepPoint], short_len: int = 16) -> Path:
-    """One row per point: the swept fields, train key, caption key, every metric."""
+    """One row per point: the swept fields, train key, caption key, the dataset and split the metrics are on,
+    every metric."""
     metrics = metric_order({m for p in points for m in p.metrics})
-    header = [*fields, "train_key", "caption_key", *metrics]
+    header = [*fields, "train_key", "caption_key", "dataset", "split", *metrics]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -115,6 +118,7 @@ def write_csv(path: Path, fields: list[str], points: list[SweepPoint], short_len
             w.writerow(
                 [p.values[n] for n in fields]
                 + [p.keys.get("train", "")[:short_len], p.keys.get("caption", "")[:short_len]]
+                + [p.evaluation.get("dataset", ""), p.evaluation.get("split", "")]
                 + [p.metrics.get(m, "") for m in metrics]
             )
     tmp.replace(path)
@@ -126,7 +130,8 @@ def write_json(path: Path, fields: list[str], points: list[SweepPoint], meta: di
         **meta,
         "fields": fields,
         "points": [
-            {"values": p.values, "keys": p.keys, "metrics": p.metrics, "actions": p.actions} for p in points
+            {"values": p.values, "keys": p.keys, "evaluation": p.evaluation, "metrics": p.metrics,
+             "actions": p.actions} for p in points
         ],
     }
     atomic_write_text(Path(path), json.dumps(payload, indent=2, default=str) + "\n")

@@ -6,11 +6,15 @@ caption, score) reloads that file, so a run always decodes with the vocabulary i
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 from pipeline.errors import UserError
 
 TOKENIZER_FILE = "tokenizer.json"
+PIECES_FILE = "caption_pieces.json"
+"""Beside tokenizer.json: the word pieces that occur in the training captions (what decoding may emit)."""
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -19,8 +23,10 @@ class CaptionTokenizer:
 
     encode(text, max_len) -> [CLS] ids.. [SEP] (truncated to max_len); decode(ids) -> text (specials dropped)."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, caption_pieces: list[int] | None = None):
         self.tok = tok
+        self.caption_pieces = caption_pieces
+        """Sorted ids of the word pieces the training captions contain (specials excluded); None: not known."""
         ids = {s: tok.token_to_id(s) for s in SPECIALS}
         missing = [s for s, i in ids.items() if i is None]
         if missing:
@@ -42,6 +48,15 @@ class CaptionTokenizer:
             raise ValueError("max_len must leave room for [CLS] and [SEP]")
         return [self.cls_id, *self.tokenize_words(text)[: max_len - 2], self.sep_id]
 
+    def note_captions(self, captions: list[str]) -> None:
+        """Remember which word pieces `captions` (the training captions) use: decoding emits only these."""
+        seen = {i for enc in self.tok.encode_batch(list(captions), add_special_tokens=False) for i in enc.ids}
+        self.caption_pieces = sorted(seen - self.special_ids)
+
+    def continuation_ids(self) -> list[int]:
+        """Ids of the '##' pieces (they continue a word, so they cannot start a caption)."""
+        return sorted(i for t, i in self.tok.get_vocab(with_added_tokens=True).items() if t.startswith("##"))
+
     def decode(self, ids) -> str:
         """Text of token ids; special tokens are skipped, word pieces joined (BERT's '##' rule)."""
         ids = [int(i) for i in ids if int(i) not in self.special_ids]
@@ -53,6 +68,11 @@ class CaptionTokenizer:
         tmp = path.with_suffix(".json.tmp")
         self.tok.save(str(tmp))
         tmp.replace(path)
+        if self.caption_pieces is not None:
+            side = path.with_name(PIECES_FILE)
+            tmp = side.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps({"caption_pieces": self.caption_pieces}) + "\n")
+            tmp.replace(side)
         return path
 
 
@@ -110,9 +130,9 @@ def train_wordpiece(captions: list[str], vocab_size: int) -> CaptionTokenizer:
 
 def build_tokenizer(tokenizer_path: str, train_captions: list[str], vocab_size: int) -> CaptionTokenizer:
     """cfg.model.tokenizer given: that BERT vocabulary; empty: WordPiece trained on the TRAINING captions only."""
-    if tokenizer_path:
-        return from_bert_vocab(tokenizer_path)
-    return train_wordpiece(train_captions, vocab_size)
+    tok = from_bert_vocab(tokenizer_path) if tokenizer_path else train_wordpiece(train_captions, vocab_size)
+    tok.note_captions(train_captions)
+    return tok
 
 
 def load_tokenizer(run_dir: Path | str) -> CaptionTokenizer:
@@ -122,4 +142,25 @@ def load_tokenizer(run_dir: Path | str) -> CaptionTokenizer:
     path = Path(run_dir) / TOKENIZER_FILE
     if not path.is_file():
         raise UserError(f"{path}: the run has no tokenizer.json; rerun `ecpa train` for this run")
-    return CaptionTokenizer(Tokenizer.from_file(str(path)))
+    side = path.with_name(PIECES_FILE)
+    pieces = json.loads(side.read_text())["caption_pieces"] if side.is_file() else None
+    return CaptionTokenizer(Tokenizer.from_file(str(path)), pieces)
+
+
+def piece_counts(tok: CaptionTokenizer, captions: list[str]) -> list[int]:
+    """Word pieces per caption ([CLS]/[SEP] not counted)."""
+    return [len(enc.ids) for enc in tok.tok.encode_batch(list(captions), add_special_tokens=False)]
+
+
+LENGTH_PERCENTILE = 99
+"""Decoding length from the data: this percentile of the training captions' lengths in word pieces."""
+
+
+def decoding_length(counts: list[int], limit: int, percentile: float = LENGTH_PERCENTILE) -> int:
+    """[CLS] + the `percentile`-th percentile of `counts` (an observed length, rounded up) + [SEP], at most
+    `limit` (the model's caption positions). With fewer than 100 captions the 99th percentile is the longest."""
+    if not counts:
+        raise UserError("no training captions to derive caption.max_length from; set caption.max_length")
+    ranked = sorted(counts)
+    p = ranked[min(len(ranked) - 1, math.ceil(percentile / 100 * len(ranked)) - 1)]
+    return max(2, min(limit, p + 2))

@@ -31,6 +31,7 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -44,9 +45,12 @@ from pipeline.losses import (
     AU_LOSSES, ER_LOSSES, LossWeights, compute_losses, fixed_weights, mask_tokens, task_losses, total_loss,
 )
 from pipeline.models.ecpa import ECPA, SENTENCE_PROMPTS, SPARSE_MASKS, build_model
+from pipeline.progress import quiet
 from pipeline.records import atomic_write_text
 from pipeline.store import StoreShapes
-from pipeline.tokenizer import TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, load_tokenizer
+from pipeline.tokenizer import (
+    TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, decoding_length, load_tokenizer, piece_counts,
+)
 from pipeline.train_data import (
     CaptionPairs, Clips, EpochSampler, FeatureSource, collate, match_clips, open_checked_store, plan_loading,
 )
@@ -217,6 +221,25 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _finish_checkpoints(run_dir: Path, best_epoch: int | None, last_epoch: int) -> None:
+    """A finished run needs no resume state: last.pt drops the optimiser moments (2x the model), scheduler,
+    DWA history and RNG states; and when the best epoch is the last one, last.pt becomes a hard link to
+    best.pt (one copy of the weights on disk, not two)."""
+    last, best = run_dir / CKPT_DIR / "last.pt", run_dir / CKPT_DIR / "best.pt"
+    if best_epoch == last_epoch and best.is_file():
+        tmp = last.with_suffix(".pt.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(best, tmp)
+            os.replace(tmp, last)
+            return
+        except OSError:   # no hard links on this filesystem: a slim copy instead
+            tmp.unlink(missing_ok=True)
+    ck = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+    if "optimizer" in ck:
+        _atomic_save({k: ck[k] for k in ("model", "epoch", "best", "meta")}, last)
+
+
 def model_meta(model: ECPA, shapes: StoreShapes) -> dict:
     """What `load_trained` needs to rebuild the model."""
     from dataclasses import asdict
@@ -294,7 +317,7 @@ def plot_metrics(rows: list[dict], png: Path) -> None:
 
 @torch.no_grad()
 def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, device: torch.device,
-             refs: dict[str, list[str]]) -> tuple[dict, dict[str, str]]:
+             refs: dict[str, list[str]], max_length: int) -> tuple[dict, dict[str, str]]:
     """Greedy captions of the val clips (prefix-cached `decode_with_emotion`), their CIDEr against the
     references, and emotion accuracy (the emotion read over the generated caption, as at test time).
     Returns (scores, captions by clip id)."""
@@ -306,8 +329,9 @@ def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, devi
     correct = total = 0
     for batch in loader:
         batch = to_device(batch, device)
-        ids, logits = decode_with_emotion(model, batch, tokenizer, beam_size=1,
-                                          max_length=cfg.caption.max_length, use_cache=True)
+        ids, logits = decode_with_emotion(
+            model, batch, tokenizer, beam_size=1, max_length=max_length, use_cache=True,
+            words_only=cfg.caption.vocabulary == "train" and tokenizer.caption_pieces is not None)
         for cid, seq in zip(batch["clip_id"], ids):
             res[cid] = tokenizer.decode(seq)
         if logits is not None:
@@ -329,14 +353,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 # ------------------------------------------------------------------ the loop
 
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from stages._common import console
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]} step/s"), TextColumn("{task.fields[losses]}"),
-                    TimeElapsedColumn(), console=console, disable=not enabled, transient=False)
+def _step_status(epoch: int, epochs: int, step: int, steps: int, losses: dict, lr: float) -> str:
+    """'epoch 3/40 step 20/400, mlm 2.345 er 1.204, lr 9.50e-05' (the plain progress line's middle)."""
+    parts = " ".join(f"{k} {float(v.detach()):.3f}" for k, v in losses.items())
+    return f"epoch {epoch + 1}/{epochs} step {step + 1}/{steps}, {parts}, lr {lr:.2e}"
 
 
 def train(
@@ -345,14 +365,18 @@ def train(
     store_path: Path | str,
     clips: list,
     run_dir: Path | str,
-    progress: bool = True,
+    progress: bool | Callable = True,
     resume: bool = True,
     expect_shapes: StoreShapes | None = None,
     stop_after_epoch: int | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict:
     """Train on the store at `store_path` for the manifest `clips` (objects with id, captions, emotion_index,
     split) into `run_dir`. Resumes from `run_dir/checkpoints/last.pt` when `resume`. `stop_after_epoch`
-    (tests) ends the run after that epoch as if it were killed. Returns a summary dict."""
+    (tests) ends the run after that epoch as if it were killed. `progress`: a factory
+    `(what, total, **kw) -> pipeline.progress.Progress` (the command's: a bar on a terminal, a plain line every
+    train.log_every steps otherwise); a bool only counts. `note(text)` receives notes for the user. Returns a
+    summary dict."""
     check_config(cfg)
     tc, mc = cfg.train, cfg.model
     run_dir = Path(run_dir)
@@ -373,10 +397,8 @@ def train(
         raise CacheMismatchError(f"{store_path}: no extracted training clips (of {len(clips)} manifest clips)")
     rows_used = [r.row for r in train_refs + val_refs]
     load = plan_loading(shapes, rows_used, tc.ram_cache_gb, tc.num_workers)  # RAM if the used rows fit
-    if load.note and is_main:
-        from stages._common import console
-
-        console.print(f"[yellow]note:[/] {load.note}", highlight=False)
+    if load.note and is_main and note is not None:
+        note(load.note)
     source = FeatureSource(store_path, rows_used, in_memory=load.in_memory)
 
     # ---- tokenizer: reloaded from the run when resuming, else built (rank 0) and saved with the run ----
@@ -422,13 +444,18 @@ def train(
     if resume and last_path.is_file():
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        weighting.load_state_dict(ck["weighting"])
-        if scaler is not None and ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        _set_rng_state(ck["rng"])
         start_epoch, best = ck["epoch"] + 1, ck["best"]
+        if "optimizer" not in ck:   # a finished run's last.pt (`_finish_checkpoints`): nothing left to resume
+            if start_epoch < tc.epochs:
+                raise UserError(f"{last_path}: the checkpoint of a finished run ({start_epoch} epochs) holds no "
+                                f"optimiser state to resume to {tc.epochs} epochs; retrain with --force")
+        else:
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+            weighting.load_state_dict(ck["weighting"])
+            if scaler is not None and ck.get("scaler"):
+                scaler.load_state_dict(ck["scaler"])
+            _set_rng_state(ck["rng"])
         if is_main:  # drop metric lines of epochs after the checkpoint (a crash between the two writes)
             rows = [r for r in read_metrics(run_dir) if r["epoch"] <= ck["epoch"]]
             atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
@@ -440,12 +467,15 @@ def train(
         val_loader = DataLoader(Clips(val_refs, source), batch_size=cfg.caption.batch_size, shuffle=False,
                                 collate_fn=functools.partial(collate, pad_id=pad), num_workers=0)
     refs = {r.id: r.captions for r in val_refs}
+    val_length = cfg.caption.max_length or decoding_length(   # caption.max_length=0: from the training captions
+        piece_counts(tokenizer, [c for r in train_refs for c in r.captions]), mc.max_caption_len)
     special = tokenizer.special_ids
     last_scores: dict = {}
     epoch_times: list[float] = []
 
-    with _progress(progress and is_main) as bar:
-        task = bar.add_task("train", total=(tc.epochs - start_epoch) * steps_per_epoch, rate="-", losses="")
+    make_progress = progress if callable(progress) and is_main else quiet
+    with make_progress("train", (tc.epochs - start_epoch) * steps_per_epoch, unit="step",
+                       every_n=tc.log_every, every_s=math.inf) as bar:
         for epoch in range(start_epoch, tc.epochs):
             t_epoch = time.time()
             sampler.set_epoch(epoch)
@@ -478,13 +508,11 @@ def train(
                     scaler.update()
                 else:
                     optimizer.step()
+                lr = scheduler.get_last_lr()[0]      # the lr this step used (read before the schedule moves on)
                 scheduler.step()
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
-                if progress and is_main:
-                    rate = (step + 1) / max(time.time() - t_epoch, 1e-9)
-                    bar.update(task, advance=1, description=f"epoch {epoch + 1}/{tc.epochs}", rate=f"{rate:.2f}",
-                               losses=" ".join(f"{k} {float(v.detach()):.3f}" for k, v in losses.items()))
+                bar.advance(1, status=_step_status(epoch, tc.epochs, step, steps_per_epoch, losses, lr))
             means = _all_mean({k: v / max(steps_per_epoch, 1) for k, v in sums.items()}, distributed)
             weighting.end_epoch(means)
             epoch_times.append(time.time() - t_epoch)
@@ -492,15 +520,16 @@ def train(
             # ---- validation, metrics, checkpoints (rank 0) ----
             if is_main:
                 row = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "loss": means,
-                       "weights": weights, "lr": scheduler.get_last_lr()[0], "time_s": epoch_times[-1]}
+                       "weights": weights, "lr": lr, "time_s": epoch_times[-1]}
                 improved = True
                 if val_loader is not None:
-                    scores, caps = validate(model, val_loader, tokenizer, cfg, device, refs)
+                    scores, caps = validate(model, val_loader, tokenizer, cfg, device, refs, val_length)
                     row["val"] = scores
                     last_scores = scores
                     atomic_write_text(run_dir / "val" / f"epoch_{epoch:03d}.json",
                                       json.dumps({"epoch": epoch, "scores": scores, "captions": caps}, indent=1))
-                    improved = best["CIDEr"] is None or scores["CIDEr"] > best["CIDEr"]
+                    # a tie keeps the later epoch: equal CIDEr, more training (README: "best.pt")
+                    improved = best["CIDEr"] is None or scores["CIDEr"] >= best["CIDEr"]
                     if improved:
                         best = {"CIDEr": scores["CIDEr"], "epoch": epoch}
                 else:
@@ -521,6 +550,8 @@ def train(
                 break
     if is_main and epoch_times:  # the plot is redrawn at the end of every (resumed) run: matplotlib is slow
         plot_metrics(read_metrics(run_dir), run_dir / PLOT_FILE)
+    if is_main and epoch_times and start_epoch + len(epoch_times) == tc.epochs:
+        _finish_checkpoints(run_dir, best.get("epoch"), tc.epochs - 1)
 
     return {
         "epochs_run": len(epoch_times), "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch,

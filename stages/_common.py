@@ -12,8 +12,22 @@ from rich.console import Console
 from pipeline.config import Config, load_config, preset_names
 from pipeline.errors import UserError
 
-console = Console(stderr=True)
-"""Progress and messages go to stderr; stdout stays for machine-readable output."""
+console = Console(stderr=True, soft_wrap=True)
+"""Diagnostics (notes, warnings, errors) and the live progress bars on a terminal go to stderr."""
+out = Console(soft_wrap=True)
+"""What a run did and found goes to stdout: stage lines, summaries, scores, tables, `--json`, and the plain
+periodic progress lines of an unattended run (stdout not a terminal), so `ecpa run > run.log` is a log."""
+
+
+def progress(what: str, total: int, *, enabled: bool = True, **kw):
+    """A pipeline.progress.Progress for a command: a live bar on stderr when it is a terminal, plain lines on
+    stdout when stdout is not one (every `every_n` items or 60 s). `enabled=False`: counts only."""
+    from pipeline.progress import Progress
+
+    if not enabled:
+        return Progress(what, total, **kw)
+    emit = None if out.is_terminal else (lambda text: out.print(text, highlight=False, markup=False, soft_wrap=True))
+    return Progress(what, total, emit=emit, console=console, **kw)
 
 PresetOpt = Annotated[
     Optional[str],
@@ -86,3 +100,39 @@ JAVA_HINT = (
     "`sudo apt-get install -y default-jre-headless` (Debian/Ubuntu) or `conda install -c conda-forge openjdk`; "
     "or pass --set score.meteor=false to skip METEOR"
 )
+
+
+def random_extractors(cfg: Config | None = None, caption_dir: Path | None = None) -> list[str]:
+    """The extractors whose weights were random for the features behind `cfg` (its extract config) or behind a
+    caption output (the store its record names, whose extract record lists the weights)."""
+    weights: dict = {}
+    if cfg is not None:
+        from stages.extract import weight_provenance
+
+        weights = weight_provenance(cfg)
+    elif caption_dir is not None:
+        from pipeline.records import DamagedRecordError, read_record
+
+        try:
+            cap = read_record(Path(caption_dir)) or {}
+            store = (cap.get("extra") or {}).get("store")
+            ex = read_record(Path(store).parent) if store else None
+        except DamagedRecordError:
+            ex = None
+        weights = ((ex or {}).get("extra") or {}).get("weights") or {}
+    order = {"er": 0, "au": 1, "swin": 2}
+    return sorted((k for k, v in weights.items() if v == "random-init"), key=lambda k: (order.get(k, 9), k))
+
+
+def random_note(names: list[str]) -> str:
+    """The line every summary carries when features came from random weights ('' when none did)."""
+    if not names:
+        return ""
+    return (f"RANDOM WEIGHTS: the features come from random {', '.join(names)} extractor weights "
+            "(extract.random_init=true); these numbers are for trials, not results")
+
+
+def print_random_note(names: list[str]) -> None:
+    note = random_note(names)
+    if note:
+        out.print(f"[bold yellow]{note}[/]", highlight=False)

@@ -13,6 +13,7 @@ caption another dataset's features with a run.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ import typer
 from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, write_record
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages import _common
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
 
 VERSION = "2"
 """Bump when decoding changes what it produces."""
@@ -32,9 +34,62 @@ CAPTIONS_FILE = "captions.json"
 REFERENCES_FILE = "references.json"
 
 
-def config_slice(cfg: Config) -> dict:
-    """Decoding fields (split, greedy/beam, beam size, length penalty, max length, checkpoint)."""
-    return section_slice(cfg.caption)
+def config_slice(cfg: Config, length_from: Config | None = None) -> dict:
+    """Decoding fields (split, greedy/beam, beam size, length penalty, max length, vocabulary, checkpoint), with
+    caption.max_length=0 resolved to the number the training captions need (`length_from`: the config the run
+    was trained with, when another dataset is captioned), so the key hashes the length actually used."""
+    out = section_slice(cfg.caption)
+    if out["max_length"] == 0:
+        try:
+            out["max_length"] = data_length(length_from or cfg)[0]
+        except UserError as e:
+            # no vocabulary or no training captions yet: training cannot run either, so nothing can be
+            # captioned under this key; `ecpa status` still shows the chain
+            out["max_length"] = f"unresolved: {e}"
+    return out
+
+
+def data_length(cfg: Config) -> tuple[int, str]:
+    """caption.max_length from the data: the 99th-percentile length in word pieces of the manifest's training
+    captions (under the tokenizer the run uses) + [CLS]/[SEP], at most model.max_caption_len; and the sentence
+    saying so. Memoised per manifest file and tokenizer settings (plan() asks several times per command)."""
+    m = cfg.manifest_path
+    st = m.stat() if m.is_file() else None
+    ident = (str(m.resolve()), st.st_size if st else -1, st.st_mtime_ns if st else -1, cfg.model.tokenizer,
+             cfg.model.vocab_size, cfg.model.max_caption_len)
+    return _data_length(ident, cfg)
+
+
+_LENGTHS: dict[tuple, tuple[int, str]] = {}
+
+
+def _data_length(ident: tuple, cfg: Config) -> tuple[int, str]:
+    if ident not in _LENGTHS:
+        from pipeline.manifest import read_manifest
+        from pipeline.tokenizer import LENGTH_PERCENTILE, build_tokenizer, decoding_length, piece_counts
+
+        if not cfg.manifest_path.is_file():
+            raise UserError(f"{cfg.manifest_path}: no manifest to derive caption.max_length from; run `ecpa manifest` "
+                            "or set caption.max_length")
+        caps = [c for clip in read_manifest(cfg.manifest_path) if clip.split == "train" for c in clip.captions]
+        if not caps:
+            raise UserError(f"{cfg.manifest_path}: no training captions to derive caption.max_length from; "
+                            "set caption.max_length")
+        tok = build_tokenizer(cfg.model.tokenizer, caps, cfg.model.vocab_size)
+        counts = piece_counts(tok, caps)
+        n = decoding_length(counts, cfg.model.max_caption_len)
+        capped = " (capped at model.max_caption_len)" if n < decoding_length(counts, 10**9) else ""
+        what = "the training caption" if len(caps) == 1 else f"the {len(caps)} training captions"
+        _LENGTHS[ident] = (n, f"{n} from {what}: {LENGTH_PERCENTILE}th percentile "
+                              f"{n - 2} word pieces + [CLS]/[SEP], longest {max(counts)}{capped}")
+    return _LENGTHS[ident]
+
+
+def length_note(cfg: Config, length_from: Config | None = None) -> str:
+    """How caption.max_length was chosen, for the record and the summary."""
+    if cfg.caption.max_length:
+        return f"{cfg.caption.max_length} as set (caption.max_length)"
+    return data_length(length_from or cfg)[1]
 
 
 def check_features_fit(model_shapes: dict, store_shapes, store_path) -> None:
@@ -60,12 +115,14 @@ def caption_into(
     ccfg,
     eval_emotions: list[str],
     progress: bool = True,
+    length_note: str = "",
+    dataset: str = "",
+    run_dataset: str = "",
 ) -> dict:
     """Caption the clips of split `ccfg.split` (manifest at `manifest_path`, features at `store_path`) with the
     run in `run_dir`; write captions.json and references.json into `out_dir`. Returns counts/timings/extra
     for the stage record. `eval_emotions` are the class names of the dataset being captioned (its true labels);
-    predictions are named by the run's own classes (the checkpoint's)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    predictions are named by the run's own classes (the checkpoint's). `ccfg.max_length` must be resolved (> 0)."""
     from torch.utils.data import DataLoader
 
     from pipeline.decoding import decode_with_emotion
@@ -73,6 +130,8 @@ def caption_into(
     from pipeline.train_data import Clips, FeatureSource, collate, match_clips, open_checked_store, store_bytes
     from pipeline.training import load_trained, resolve_device
 
+    if ccfg.vocabulary not in ("train", "all"):
+        raise UserError(f"caption.vocabulary={ccfg.vocabulary!r}: train (word pieces of the training captions) or all")
     t0 = time.perf_counter()
     device = resolve_device(ccfg.device)
     model, tok, info = load_trained(run_dir, ccfg.checkpoint, device)
@@ -96,13 +155,12 @@ def caption_into(
 
     results: list[dict] = []
     t1 = time.perf_counter()
-    columns = (TextColumn("caption"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
-        task = bar.add_task("caption", total=len(refs))
+    with _common.progress("caption", len(refs), enabled=progress, every_n=ccfg.log_every) as bar:
         for batch in loader:
             ids, emo = decode_with_emotion(
                 model, batch, tok, beam_size=ccfg.beam_size, max_length=ccfg.max_length,
-                length_penalty=ccfg.length_penalty, use_cache=ccfg.prefix_cache)
+                length_penalty=ccfg.length_penalty, use_cache=ccfg.prefix_cache,
+                words_only=ccfg.vocabulary == "train")
             pred = emo.argmax(dim=-1).tolist() if emo is not None else [None] * len(ids)
             for cid, seq, e in zip(batch["clip_id"], ids, pred):
                 results.append({"image_id": cid, "caption": tok.decode(seq),
@@ -110,7 +168,7 @@ def caption_into(
                                 "emotion_index": int(e) if e is not None else -1,
                                 # [CLS] counts in max_length: a caption that used every slot never emitted [SEP]
                                 "pieces": len(seq), "ended": len(seq) < ccfg.max_length - 1})
-            bar.advance(task, len(ids))
+            bar.advance(len(ids))
     t_decode = time.perf_counter() - t1
 
     images, annotations = [], []
@@ -143,7 +201,10 @@ def caption_into(
                    "unended_captions": unended,
                    "references": len(annotations)},
         "extra": {"run_dir": str(run_dir), "checkpoint": ccfg.checkpoint, "checkpoint_epoch": info.get("epoch"),
-                  "store": str(store_path), "device": str(device), "emotion_names": train_emotions, "notes": notes},
+                  "store": str(store_path), "device": str(device), "emotion_names": train_emotions, "notes": notes,
+                  "max_length": ccfg.max_length, "max_length_from": length_note or f"{ccfg.max_length}",
+                  "vocabulary": ccfg.vocabulary, "dataset": dataset, "run_dataset": run_dataset,
+                  "split": ccfg.split},
     }
 
 
@@ -177,9 +238,11 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> dict:
     p.out_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, p.out_dir / "config.yaml")
     t0 = time.perf_counter()
+    ccfg = dataclasses.replace(cfg.caption, max_length=p.config["max_length"])   # resolved, as keyed
     parts = caption_into(p.out_dir, run_dir=tr.out_dir, store_path=ex.out_dir / "store.zarr",
-                         manifest_path=cfg.manifest_path, ccfg=cfg.caption, eval_emotions=cfg.data.emotions,
-                         progress=progress)
+                         manifest_path=cfg.manifest_path, ccfg=ccfg, eval_emotions=cfg.data.emotions,
+                         progress=progress, length_note=length_note(cfg), dataset=cfg.data.name,
+                         run_dataset=cfg.data.name)
     parts["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     rec = StageRecord(stage="caption", key=p.key, version=VERSION, config=p.config, parents=p.parents, **parts)
     write_record(p.out_dir, rec)
@@ -188,15 +251,19 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True) -> dict:
 
 def print_caption_summary(rec: dict, out_dir: Path, n_show: int = 3) -> None:
     c, t = rec.get("counts", {}), rec.get("timings", {})
-    console.print(f"[green]caption[/] {rec['key'][:16]}: {c.get('clips')} clips "
+    out.print(f"[green]caption[/] {rec['key'][:16]}: {c.get('clips')} clips "
                   f"({t.get('captions_per_s')} captions/s), {c.get('skipped', 0)} skipped, "
                   f"{c.get('empty_captions', 0)} empty -> {out_dir}", highlight=False)
+    _common.print_random_note(_common.random_extractors(caption_dir=out_dir))
+    ex = rec.get("extra", {})
+    if ex.get("max_length_from"):
+        out.print(f"  max length {ex['max_length_from']}; vocabulary: {ex.get('vocabulary', 'all')}", highlight=False)
     for note in rec.get("extra", {}).get("notes", []):
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     path = Path(out_dir) / CAPTIONS_FILE
     if path.is_file():
         for r in json.loads(path.read_text())[:n_show]:
-            console.print(f"  {r['image_id']}: {r['caption']!r} [{r['emotion']}]", highlight=False)
+            out.print(f"  {r['image_id']}: {r['caption']!r} [{r['emotion']}]", highlight=False)
 
 
 @user_errors

@@ -6,7 +6,9 @@ own `run(cfg, force=, progress=)` (the stage contract), so the chain adds no sec
 anything. Keys come from `stages.plan.plan`, the one place they are computed.
 
 Why a stage runs is told by comparison with the nearest earlier output of the same stage in the
-same cache (the sibling whose recorded config slice, parents and code version differ the least):
+same cache (the sibling whose recorded config slice, parents and code version differ the least, counted
+field by field and parent by parent, the newest on a tie; for caption and score, only outputs on the same
+dataset and split, in-domain):
 "train: run (changed since runs/ab12...: model.top_k 3 -> 4)", "upstream changed: extract key",
 "code version 1 -> 2".
 
@@ -31,7 +33,8 @@ from rich.table import Table
 from pipeline.config import SECTIONS, Config, DataConfig
 from pipeline.errors import UserError
 from pipeline.records import DamagedRecordError, diff_configs, read_record, short
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages._common import (CacheOpt, PresetOpt, SetOpt, console, out, print_random_note, random_extractors,
+                            resolve_config, user_errors)
 from stages.plan import StagePlan, plan
 
 STAGES = ["extract", "train", "caption", "score"]
@@ -162,12 +165,40 @@ def explain(cfg: Config, p: StagePlan) -> Why:
         return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json holds another key; running rebuilds it")
     candidates = []
     for d, rec in earlier_outputs(cfg, p.name):
+        if not same_evaluation(cfg, p, d):
+            continue
         ch = changes_between(p.name, rec, p)
-        candidates.append((len(ch), -float(rec.get("created", 0) or 0), d, ch))
+        candidates.append((distance(rec, p), -float(rec.get("created", 0) or 0), d, ch))
     if not candidates:
-        return Why("missing", detail="no earlier output")
+        on = f" on {cfg.data.name} {cfg.caption.split}" if p.name in ("caption", "score") else ""
+        return Why("missing", detail=f"no earlier output{on}")
     _, _, nearest, ch = min(candidates, key=lambda c: (c[0], c[1]))
     return Why("stale", changes=ch, nearest=nearest)
+
+
+def distance(old: dict, p: StagePlan) -> int:
+    """How much an earlier record differs from the plan: differing config fields + differing parent keys
+    (each counted) + 1 for another code version. Ties go to the newest output."""
+    old_parents = old.get("parents", {})
+    parents = sum(old_parents.get(k) != p.parents.get(k) for k in set(old_parents) | set(p.parents))
+    return (len(diff_configs(old.get("config", {}), p.config)) + parents
+            + int(str(old.get("version")) != str(p.version)))
+
+
+def same_evaluation(cfg: Config, p: StagePlan, out_dir: Path) -> bool:
+    """Caption and score outputs compare only with outputs on the same dataset and split, in-domain: a
+    cross-dataset or zero-shot output of a run is never the 'nearest' of an in-domain one."""
+    if p.name not in ("caption", "score"):
+        return True
+    from pipeline.compare import evaluation_of
+
+    cap_dir = out_dir if p.name == "caption" else out_dir.parent.parent
+    try:
+        cap = read_record(cap_dir)
+    except DamagedRecordError:
+        return False
+    e = evaluation_of(cap_dir, cap)
+    return e.protocol == "in-domain" and e.dataset == cfg.data.name and e.split == cfg.caption.split
 
 
 def store_damage(cfg: Config, p: StagePlan, full: bool = False) -> Why | None:
@@ -233,7 +264,7 @@ class ChainResult:
 
 
 def _echo_default(text: str) -> None:
-    console.print(text, highlight=False, soft_wrap=True)
+    out.print(text, highlight=False, soft_wrap=True)
 
 
 def run_chain(
@@ -262,13 +293,20 @@ def run_chain(
     for name in STAGES[: STAGES.index(upto) + 1]:
         p = plans[name]
         why = explain(cfg, p)
+        repair = False
+        if name == "extract" and why.status == "fresh":
+            # what `ecpa status` checks (records, chunk files, done flags; the checksums stay with --verify):
+            # a record alone never makes a damaged store "reused"
+            damage = store_damage(cfg, p)
+            repair = damage is not None
+            why = damage or why
         where = escape(_rel(p.out_dir, cfg.cache_dir))
         if why.status == "fresh" and name not in force:
             result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
             say(f"[green]{name}: reused[/] ({where})")
             continue
         reason = "forced" if why.status == "fresh" else escape(why.text(cfg.cache_dir))
-        say(f"[bold cyan]{name}: run[/] ({reason})")
+        say(f"[bold cyan]{name}: run[/] ({reason}{' - doing that now' if repair else ''})")
         outcome = StageOutcome(name, p.key, p.out_dir, "failed", why)
         result.outcomes.append(outcome)
         run = getattr(stage_module(name), "run", None)
@@ -276,7 +314,10 @@ def run_chain(
             raise UserError(f"stage {name} has no run() yet; it cannot be chained")
         t0 = time.perf_counter()
         try:
-            run(cfg, force=name in force, progress=progress)
+            if repair:
+                run(cfg, force=name in force, progress=progress, verify=True)   # recomputes the damaged clips
+            else:
+                run(cfg, force=name in force, progress=progress)
         finally:
             outcome.seconds = time.perf_counter() - t0
         if p.status() != "fresh":
@@ -314,17 +355,23 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
     for o in result.outcomes:
         style = {"reused": "green", "run": "cyan", "failed": "bold red"}[o.action]
         t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(_rel(o.out_dir, base)))
-    console.print(t)
+    out.print(t)
+    if cfg is not None:
+        print_random_note(random_extractors(cfg))
+    cap_dir = result.out_dir("caption")
+    cap = read_record(cap_dir) if cap_dir is not None and (cap_dir / "stage.json").is_file() else None
+    if cap and (cap.get("extra") or {}).get("max_length_from"):
+        ex = cap["extra"]
+        out.print(f"caption max length {ex['max_length_from']}; vocabulary: {ex.get('vocabulary')}", highlight=False)
     if result.scores:
-        from pipeline.records import read_record
         from stages.score import print_scores
 
         score_dir = result.out_dir("score")
         print_scores(read_record(score_dir), score_dir)  # model beside the constant-caption baseline
     if not failed and result.outcomes:
-        console.print(f"outputs under {escape(str(base))}/:", highlight=False)
+        out.print(f"outputs under {escape(str(base))}/:", highlight=False)
         for o in result.outcomes:
-            console.print(f"  {o.name:8s} {escape(str(o.out_dir))}", highlight=False)
+            out.print(f"  {o.name:8s} {escape(str(o.out_dir))}", highlight=False)
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -356,7 +403,7 @@ def run_command(
             print_summary(result, failed=True)
         raise
     print_summary(result)
-    console.print(f"[green]chain done[/] in {time.perf_counter() - t0:.1f}s", highlight=False)
+    out.print(f"[green]chain done[/] in {time.perf_counter() - t0:.1f}s", highlight=False)
 
 
 def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list[dict]:
@@ -364,6 +411,7 @@ def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list
     checked too (`store_damage`: chunk files and done flags; with `verify`, every chunk's checksum), so a
     damaged store shows as 'damaged' rather than trusting stage.json alone."""
     rows = []
+    random = random_extractors(cfg)   # every stage of this chain stands on these features
     for name, p in plan(cfg, upto=upto).items():
         why = explain(cfg, p)
         clips = None
@@ -376,7 +424,8 @@ def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list
         rows.append({
             "stage": name, "key": p.key, "short": short(p.key), "dir": str(p.out_dir), "status": why.status,
             "reason": why.text(cfg.cache_dir), "changes": why.changes,
-            "nearest": str(why.nearest) if why.nearest else None, **({"clips": clips} if clips else {}),
+            "nearest": str(why.nearest) if why.nearest else None, "random_weights": random,
+            **({"clips": clips} if clips else {}),
         })
     return rows
 
@@ -404,9 +453,12 @@ def status_command(
         why = [r["reason"]] if r["status"] != "fresh" else []
         if r.get("clips") and r["status"] == "fresh":  # a stale extract's reason holds the counts already
             why.append(clip_summary_text(r["clips"]))
+        if r["random_weights"]:
+            why.append(f"RANDOM WEIGHTS: {', '.join(r['random_weights'])}")
         t.add_row(r["stage"], r["short"], f"[{style}]{r['status']}[/]", escape(_abbrev(_rel(Path(r["dir"]), cfg.cache_dir))),
                   escape("; ".join(why)))
-    console.print(t)
+    out.print(t)
+    print_random_note(rows[0]["random_weights"] if rows else [])
 
 
 def run_sweep(
@@ -437,7 +489,8 @@ def run_sweep(
         say(f"[bold]sweep point {i}/{len(points)}[/]: {escape(desc)}")
         res = run_chain(cfg, progress=progress, echo=echo)
         values = {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields_}
-        done.append(SweepPoint(values, res.keys, res.scores, {o.name: o.action for o in res.outcomes}))
+        done.append(SweepPoint(values, res.keys, res.scores, {o.name: o.action for o in res.outcomes},
+                               {"dataset": cfg.data.name, "split": cfg.caption.split}))
         write_csv(out_dir / "sweep.csv", fields_, done)
         write_json(out_dir / "sweep.json", fields_, done,
                    {"preset": base.preset, "sets": list(sets or []), "grid": dict(grid)})
@@ -466,9 +519,9 @@ def sweep_command(
         ran = "".join(s[0].upper() if p.actions.get(s) == "run" else "·" for s in STAGES)
         t.add_row(*[str(p.values[f]) for f in fields_], short(p.keys.get("train", ""))[:8], ran,
                   *[f"{100 * p.metrics[m]:.2f}" if m in p.metrics else "-" for m in metrics])
-    console.print(t)
-    console.print("metrics x100; ran: E extract, T train, C caption, S score (· reused)", highlight=False)
-    console.print(f"[green]sweep done[/]: {escape(str(out_dir / 'sweep.png'))}, {escape(str(out_dir / 'sweep.csv'))}",
+    out.print(t)
+    out.print("metrics x100; ran: E extract, T train, C caption, S score (· reused)", highlight=False)
+    out.print(f"[green]sweep done[/]: {escape(str(out_dir / 'sweep.png'))}, {escape(str(out_dir / 'sweep.csv'))}",
                   highlight=False)
 
 
@@ -478,7 +531,7 @@ def compare_command(
     cache: CacheOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    from pipeline.compare import differing_fields, load_view, resolve_run
+    from pipeline.compare import differing_fields, evaluations, load_view, resolve_run
     from pipeline.sweep import metric_order
 
     if cache is not None:
@@ -488,11 +541,14 @@ def compare_command(
         caches = sorted(d for d in root.glob("*") if d.is_dir())
     views = [load_view(resolve_run(a, caches), label=a) for a in runs]
     diff = differing_fields(views)
-    metrics = metric_order({m for v in views for m in v.metrics})
+    blocks = evaluations(views)
     if json_out:
         print(json.dumps({
             "runs": [{"label": v.label, "run_dir": str(v.run_dir), "score_dir": str(v.score_dir) if v.score_dir else None,
-                      "metrics": v.metrics, "fields": {n: v.fields().get(n) for n in diff}} for v in views],
+                      "evaluation": v.evaluation.to_dict() if v.evaluation else None,
+                      "metrics": v.metrics, "fields": {n: v.fields().get(n) for n in diff},
+                      "other_evaluations": [{**x.evaluation.to_dict(), "score_dir": str(x.score_dir),
+                                             "metrics": x.metrics} for x in v.others]} for v in views],
             "differing": diff,
         }, indent=2, default=str))
         return
@@ -501,17 +557,21 @@ def compare_command(
     for v in views:
         t.add_column(escape(v.label), justify="right", overflow="fold")
     t.add_row("run", *[escape(short(v.train["key"])) for v in views])
-    t.add_row("scored", *[escape(short(v.score["key"])) if v.score else "[yellow]no scores[/]" for v in views])
-    t.add_section()
-    for m in metrics:
-        vals = [v.metrics.get(m) for v in views]
-        best = max((x for x in vals if x is not None), default=None)
-        t.add_row(f"{m} x100", *["-" if x is None else (f"[bold]{100 * x:.2f}[/]" if x == best and len(views) > 1
-                                                         else f"{100 * x:.2f}") for x in vals])
+    if not blocks:
+        t.add_row("scored", *["[yellow]no scores[/]" for _ in views])
+    for e, cells in blocks:   # one block per dataset/split/protocol: a cross or zero-shot score never joins another's rows
+        t.add_section()
+        t.add_row(f"[bold]on {escape(e.label)}[/]",
+                  *[escape(short(rec["key"])) if rec else "[yellow]no scores[/]" for _, rec, _ in cells])
+        for m in metric_order({m for _, _, ms in cells for m in ms}):
+            vals = [ms.get(m) for _, _, ms in cells]
+            best = max((x for x in vals if x is not None), default=None)
+            t.add_row(f"{m} x100", *["-" if x is None else (f"[bold]{100 * x:.2f}[/]" if x == best and len(views) > 1
+                                                             else f"{100 * x:.2f}") for x in vals])
     t.add_section()
     flats = [v.fields() for v in views]
     for n in diff:
         t.add_row(escape(n), *[escape(_fmt(f.get(n, "<absent>"))) for f in flats])
     if not diff:
         t.add_row("[dim]config[/]", *["[dim]identical[/]" for _ in views])
-    console.print(t)
+    out.print(t)

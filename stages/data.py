@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from stages import _common
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 
@@ -23,10 +24,10 @@ def manifest_command(preset: PresetOpt = None, set: SetOpt = None, cache: CacheO
         console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     clips = read_manifest(cfg.manifest_path)
     counts = split_counts(clips)
-    console.print(f"[green]manifest[/] {escape(str(cfg.manifest_path))}: {len(clips)} clips, "
-                  f"{sum(n for _, n in counts.values())} captions (sha256 {digest[:12]})", highlight=False)
+    _common.out.print(f"[green]manifest[/] {escape(str(cfg.manifest_path))}: {len(clips)} clips, "
+                      f"{sum(n for _, n in counts.values())} captions (sha256 {digest[:12]})", highlight=False)
     for split, (n_clips, n_caps) in counts.items():
-        console.print(f"  {split:5s} {n_clips:6d} clips {n_caps:7d} captions", highlight=False)
+        _common.out.print(f"  {split:5s} {n_clips:6d} clips {n_caps:7d} captions", highlight=False)
 
 
 @user_errors
@@ -43,4 +44,4 @@ def demo_data_command(
     root = Path(out or cfg.data.root)
     ann = generate(root, n_clips=clips or cfg.data.demo_clips, seed=cfg.data.demo_seed if seed is None else seed,
                    video_size=cfg.data.demo_video_size)
-    console.print(f"[green]demo dataset[/] written: {ann}")
+    _common.out.print(f"[green]demo dataset[/] written: {ann}")

@@ -11,6 +11,7 @@ ones keep their rows unused) -> extract the clips not done yet (in this process,
 from __future__ import annotations
 
 import errno
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ import typer
 from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, file_sha256, read_record, write_record
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages import _common
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
 
 VERSION = "4"
 """Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema).
@@ -173,19 +175,6 @@ def disk_full_error(e: BaseException) -> OSError | None:
     return None
 
 
-def _progress(total: int, enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    class Rate(TextColumn):
-        def render(self, task):
-            speed = task.finished_speed or task.speed
-            return TextColumn.render(self, task) if speed is None else f"{speed:.2f} clips/s"
-
-    return Progress(TextColumn("[bold]extract[/]"), BarColumn(), MofNCompleteColumn(), Rate(""),
-                    TextColumn("{task.fields[failed]} failed"), TimeRemainingColumn(),
-                    console=console, disable=not enabled, transient=False)
-
-
 def face_counts(g, rows: np.ndarray) -> dict[str, int]:
     """Frames per face/source kind over the store `rows` (done clips), and the clips with any fallback frame."""
     from pipeline.store import FACE_SOURCES
@@ -283,16 +272,18 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                     from pipeline.distributed import extract_distributed
 
                     result = extract_distributed(str(store_path), tasks, ex, len(cfg.data.emotions), seed=SEED,
-                                                 scheduler=scheduler, n_workers=workers_cluster, progress=progress)
+                                                 scheduler=scheduler, n_workers=workers_cluster,
+                                                 progress=functools.partial(_common.progress, every_n=ex.log_every)
+                                                 if progress else False)
                 elif tasks:
-                    with _progress(len(ids), progress) as bar:
-                        task = bar.add_task("extract", total=len(ids), completed=int(done_before.sum()), failed=0)
+                    with _common.progress("extract", len(ids), enabled=progress, done=int(done_before.sum()),
+                                          every_n=ex.log_every) as bar:
                         counts = {"failed": 0}
 
                         def on_clip(kind: str, n: int) -> None:
                             if kind == "failed":
                                 counts["failed"] += n
-                            bar.update(task, advance=n, failed=counts["failed"])
+                            bar.advance(n, status=f"{counts['failed']} failed" if counts["failed"] else "")
 
                         extract_into_store(g, tasks, extractors, ex, device, on_clip=on_clip, result=result,
                                            on_failure=lambda f: append_error(errors_path, f))
@@ -335,6 +326,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
                        "clips_hash": p.clips_hash,
                        "changes": {k: getattr(sync, k)[:LIST_MAX] for k in ("added", "redone", "dropped")},
                        "warnings": result.warnings[:LIST_MAX],
+                       "trust_pickle": list(ex.trust_pickle),
+                       "full_unpickler": list(getattr(extractors, "unpickled", [])),
                        "clips_per_s": summary["clips_per_s"], "device": str(device),
                        "distributed": scheduler or (f"local:{workers_cluster}" if workers_cluster else None)},
             )
@@ -377,12 +370,12 @@ def command(
     s = rec.get("summary")
     rate = f", {s['clips_per_s']:.2f} clips/s" if s and s.get("extracted") else ""
     reused = "" if s else " (reused: key unchanged)"
-    console.print(f"[bold green]extract[/] {c['done']}/{c['clips']} clips done, {c['failed']} failed, "
+    out.print(f"[bold green]extract[/] {c['done']}/{c['clips']} clips done, {c['failed']} failed, "
                   f"{c.get('skipped', 0) if s else c['done']} skipped{rate}{reused} -> {rec['extra']['store']}",
                   highlight=False)
     if s:
-        console.print(f"clips: {c['added']} added, {c['redone']} redone (video changed), {c['dropped']} dropped "
-                      "(no longer in the manifest; rows kept)", highlight=False)
+        _common.out.print(f"clips: {c['added']} added, {c['redone']} redone (video changed), {c['dropped']} dropped "
+                          "(no longer in the manifest; rows kept)", highlight=False)
     for w in (rec["extra"].get("warnings") or [])[:10] if s else []:
         console.print(f"[yellow]warning[/]: {w['video']}: {w['warning']}", highlight=False, soft_wrap=True)
     if s and c.get("warnings", 0) > 10:
@@ -391,12 +384,13 @@ def command(
     if c.get("fallback_clips"):
         console.print(f"[yellow]face fallback[/]: {c['fallback_frames']} frames in {c['fallback_clips']} clips had no "
                       "face found and use the fallback box (face/source in the store)", highlight=False)
+    _common.print_random_note(_common.random_extractors(cfg))
     if c["failed"]:
         console.print(f"[yellow]{c['failed']} clips failed[/]; reasons in {rec['extra']['errors']}", highlight=False)
     if export_hdf5 is not None:
         from pipeline.interop import export_hdf5 as export
 
         n = export(rec["extra"]["store"], export_hdf5)
-        console.print(f"exported {n} clips to {export_hdf5}", highlight=False)
+        out.print(f"exported {n} clips to {export_hdf5}", highlight=False)
     if strict and c["failed"]:
         raise UserError(f"{c['failed']} of {c['clips']} clips failed (--strict); reasons in {rec['extra']['errors']}")

@@ -29,6 +29,7 @@ both configs, `--train-set` / `--eval-set` to one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -42,7 +43,7 @@ import typer
 from pipeline.config import Config, save_config
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, short, stage_key, write_record
-from stages._common import SetOpt, console, resolve_config, user_errors
+from stages._common import SetOpt, console, out, resolve_config, user_errors
 
 PROTOCOL_FILE = "protocol.json"
 
@@ -71,7 +72,7 @@ def protocol_plan(train_cfg: Config, eval_cfg: Config) -> ProtocolPlan:
     ev_plans = plan(eval_cfg, upto="extract")
     tr, ev = tr_plans["train"], ev_plans["extract"]
     eval_manifest = ensure_manifest(eval_cfg)  # the eval clips' captions, emotions and splits
-    ca_slice = caption.config_slice(eval_cfg)
+    ca_slice = caption.config_slice(eval_cfg, length_from=train_cfg)  # the run's captions set the length
     ca_parents = {"train": tr.key, "features": ev.key}
     if not (eval_cfg.cache_dir.resolve() == train_cfg.cache_dir.resolve()
             and eval_manifest == tr.parents.get("manifest")):
@@ -244,8 +245,11 @@ def run_protocol(train_cfg: Config, eval_cfg: Config, *, protocol: str, force: b
         t0 = time.perf_counter()
         parts = caption.caption_into(ca.out_dir, run_dir=pp.train.out_dir,
                                      store_path=pp.eval_extract.out_dir / "store.zarr",
-                                     manifest_path=eval_cfg.manifest_path, ccfg=eval_cfg.caption,
-                                     eval_emotions=eval_cfg.data.emotions, progress=progress)
+                                     manifest_path=eval_cfg.manifest_path,
+                                     ccfg=dataclasses.replace(eval_cfg.caption, max_length=ca.config["max_length"]),
+                                     eval_emotions=eval_cfg.data.emotions, progress=progress,
+                                     length_note=caption.length_note(eval_cfg, length_from=train_cfg),
+                                     dataset=eval_cfg.data.name, run_dataset=train_cfg.data.name)
         parts["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
         info = {"protocol": protocol, "train_preset": train_cfg.preset, "train_dataset": train_cfg.data.name,
                 "eval_preset": eval_cfg.preset, "eval_dataset": eval_cfg.data.name,
@@ -279,7 +283,7 @@ def _report(result: dict, protocol: str, train_cfg: Config, eval_cfg: Config) ->
     from stages.score import print_scores
 
     pp = result["plan"]
-    console.print(f"[green]{protocol}[/]: run {short(pp.train.key)} ({train_cfg.data.name}) on "
+    out.print(f"[green]{protocol}[/]: run {short(pp.train.key)} ({train_cfg.data.name}) on "
                   f"{eval_cfg.data.name} split {eval_cfg.caption.split!r}: {result['caption']['counts'].get('clips')} "
                   f"clips -> {pp.caption.out_dir}", highlight=False)
     print_scores(result["score"], pp.score.out_dir, title=f"{protocol}: {train_cfg.data.name} -> {eval_cfg.data.name}",

@@ -27,7 +27,8 @@ import typer
 from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import UserError
 from pipeline.records import StageRecord, atomic_write_text, read_record, write_record
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages._common import (CacheOpt, PresetOpt, SetOpt, console, out, print_random_note, random_extractors,
+                            resolve_config, user_errors)
 
 VERSION = "2"
 """Bump with the scorer (tokenisation, metric set)."""
@@ -246,22 +247,23 @@ def print_scores(rec: dict, out_dir: Path, title: str = "scores", skip_notes: li
         if m in metrics:
             cells = [metrics[m]] + ([base.get(m)] if base else [])
             t.add_row(m, *("n/a" if v is None else f"{100 * v:.2f}" for v in cells))
-    console.print(t)
+    out.print(t)
     lengths = rec.get("extra", {}).get("lengths") or {}
     if lengths.get("mean_generated_words") is not None:
         unended = lengths.get("unended_share")
-        console.print(f"caption length: {lengths['mean_generated_words']:.1f} words generated vs "
-                      f"{lengths['mean_reference_words']:.1f} in the references (ratio {lengths['length_ratio']:.2f}); "
-                      + ("ended with [SEP]: n/a" if unended is None else f"ended with [SEP]: {100 * (1 - unended):.1f}%"),
-                      highlight=False)
+        out.print(f"caption length: {lengths['mean_generated_words']:.1f} words generated vs "
+                  f"{lengths['mean_reference_words']:.1f} in the references (ratio {lengths['length_ratio']:.2f}); "
+                  + ("ended with [SEP]: n/a" if unended is None else f"ended with [SEP]: {100 * (1 - unended):.1f}%"),
+                  highlight=False)
+    print_random_note(random_extractors(caption_dir=Path(out_dir).parent.parent))
     if base:
-        console.print(f"baseline caption (most frequent in training): \"{baseline['caption']}\"; "
+        out.print(f"baseline caption (most frequent in training): \"{baseline['caption']}\"; "
                       f"majority emotion: {baseline['emotion']}; chance: {100 * baseline['emotion_chance']:.1f}",
                       highlight=False)
     for note in rec.get("extra", {}).get("notes", []):
         if note not in skip_notes:  # said once: the protocols print their own notes first
             console.print(f"[yellow]note:[/] {note}", highlight=False)
-    console.print(f"scores: {Path(out_dir) / SCORES_FILE}; per clip: {Path(out_dir) / PER_CLIP_FILE}", highlight=False)
+    out.print(f"scores: {Path(out_dir) / SCORES_FILE}; per clip: {Path(out_dir) / PER_CLIP_FILE}", highlight=False)
 
 
 @user_errors

@@ -24,6 +24,7 @@ import numpy as np
 import typer
 
 from pipeline.errors import UserError
+from stages import _common
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
 
 SHOW_FILE = "show.png"
@@ -206,4 +207,5 @@ def command(
         raise UserError("--n must be at least 1")
     rows = build_rows(caption_dir, ids, n, boxes=boxes)
     path = render_sheet(rows, Path(out) if out else caption_dir / SHOW_FILE)
-    console.print(f"[green]show[/]: {len(rows)} clips -> {path}", highlight=False)
+    _common.out.print(f"[green]show[/]: {len(rows)} clips -> {path}", highlight=False)
+    _common.print_random_note(_common.random_extractors(caption_dir=caption_dir))

@@ -18,7 +18,8 @@ import typer
 from pipeline.config import Config, save_config, section_slice
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.records import StageRecord, read_record, write_record
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages import _common
+from stages._common import CacheOpt, PresetOpt, SetOpt, console, out, resolve_config, user_errors
 
 VERSION = "3"
 """Bump when what training computes changes (model maths, losses, data order)."""
@@ -106,7 +107,8 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, resume: bool
 
     t0 = time.perf_counter()
     summary = training.train(cfg, store_path=store_path, clips=read_manifest(cfg.manifest_path), run_dir=p.out_dir,
-                             progress=progress, resume=resume and not force)
+                             progress=_common.progress if progress else False, resume=resume and not force,
+                             note=lambda text: console.print(f"[yellow]note:[/] {text}", highlight=False))
     summary.pop("model")
     seconds = time.perf_counter() - t0
     rec = StageRecord(
@@ -146,4 +148,5 @@ def command(
     cider = best.get("CIDEr")
     shown = f"best val CIDEr {cider:.3f} (epoch {best.get('epoch')})" if cider is not None else \
         f"best = epoch {best.get('epoch')} (no validation)"
-    console.print(f"[green]train[/] {rec['key'][:16]}: {shown}; run folder {extra.get('run_dir')}")
+    out.print(f"[green]train[/] {rec['key'][:16]}: {shown}; run folder {extra.get('run_dir')}", highlight=False)
+    _common.print_random_note(_common.random_extractors(cfg))

@@ -1,6 +1,7 @@
 """Checkpoint plumbing shared by the frozen stage-one networks.
 
-One place for: reading a checkpoint file (`torch.load(weights_only=True)` first), unwrapping the
+One place for: reading a checkpoint file (`torch.load(weights_only=True)` only, unless the user names the
+file as trusted: see `read_checkpoint`), unwrapping the
 training wrapper (`{'state_dict': ...}`, `{'model': ...}`), stripping the `module.` (DataParallel /
 DDP) and `_orig_mod.` (torch.compile) prefixes, applying an explicit key map that refuses any key
 it does not know, and loading into a model with a full check of missing/unknown keys and shapes.
@@ -10,10 +11,12 @@ suffix-guessing, no silent `strict=False`.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import pickle
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,17 +37,77 @@ class CheckpointError(UserError):
     """A checkpoint file that does not fit the network it is loaded into (names file and keys)."""
 
 
+def _numpy_globals() -> list:
+    """The numpy types checkpoints from training scripts carry next to their tensors (mmcv/mmaction's `meta`
+    holds numpy scalars, e.g. a best score; some scripts save numpy arrays): reconstructing them runs no code
+    of the file's choosing. Registered under the names numpy 1.x and 2.x pickle them with."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    out: list = [np.dtype, np.ndarray]
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out += [(core.multiarray.scalar, f"{mod}.scalar"), (core.multiarray._reconstruct, f"{mod}._reconstruct")]
+    out += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return out
+
+
+def safe_globals() -> list:
+    """Everything beyond tensors and plain containers that `read_checkpoint` lets `weights_only=True` build:
+    numpy scalars/arrays/dtypes and `argparse.Namespace` (a script's saved arguments). Nothing that imports or
+    calls code chosen by the file."""
+    import argparse
+
+    return [*_numpy_globals(), argparse.Namespace]
+
+
+_TRUST: contextvars.ContextVar[tuple[frozenset[Path], list[str]] | None] = contextvars.ContextVar("trust", default=None)
+
+
+@contextmanager
+def trusting(paths: Iterable[str | Path]) -> Iterator[list[str]]:
+    """Within this block, the checkpoint files named in `paths` (and only those) may be read with Python's full
+    unpickler when `weights_only=True` refuses them. Yields the list of the files that were, for the record."""
+    used: list[str] = []
+    token = _TRUST.set((frozenset(Path(p).resolve() for p in paths), used))
+    try:
+        yield used
+    finally:
+        _TRUST.reset(token)
+
+
+class UntrustedPickleError(CheckpointError):
+    """A checkpoint that only the full unpickler can read (it may run code), not named as trusted."""
+
+
 def read_checkpoint(path: str | Path) -> object:
-    """`torch.load` on CPU, `weights_only=True` first. Checkpoints whose wrapper pickles other
-    objects (e.g. mmcv's `meta`) need the full unpickler: that retry is logged, never silent."""
+    """`torch.load` on CPU with `weights_only=True` (tensors, containers, `safe_globals()`), always first.
+
+    A file that needs more (objects of other classes: the full unpickler, which can run any code the file
+    carries) is refused with its name and the reason, unless the caller trusts exactly this file (`trusting`);
+    then it is read with the full unpickler, logged, and listed for the stage record."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log.warning("%s: not loadable with weights_only=True (%s); loading with the full unpickler "
-                    "(only do this for files you trust)", path, first)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        why = (f"it holds a {m.group(1)} object, which is not a tensor or a plain container" if m
+               else (lines[-1] if lines else type(e).__name__))
+        trust = _TRUST.get()
+        if trust is None or path.resolve() not in trust[0]:
+            raise UntrustedPickleError(
+                f"{path}: refused - this checkpoint cannot be read as plain weights (torch.load weights_only=True: "
+                f"{why}); reading it needs Python's full unpickler, which runs whatever code the file carries. "
+                "If you trust where this file came from, name it: --set extract.trust_pickle=<this file> "
+                "(recorded in the extraction's stage.json); or re-save just its state dict with torch.save"
+            ) from None
+        log.warning("%s: not loadable with weights_only=True (%s); loading with the full unpickler because "
+                    "extract.trust_pickle names this file", path, why)
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        trust[1].append(str(path))
+        return obj
 
 
 def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torch.Tensor]:

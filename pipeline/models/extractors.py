@@ -21,6 +21,7 @@ from torch import nn
 
 from pipeline.config import ExtractConfig
 from pipeline.errors import UserError, WeightsMissingError
+from pipeline.models._checkpoint import trusting
 from pipeline.models.anfl import ANFL_BUILDERS, AU_NAMES, anfl_preprocess, load_anfl
 from pipeline.models.resnet_er import IMAGENET_MEAN, IMAGENET_STD, build_resnet_er, er_forward, load_resnet_er
 from pipeline.models.video_swin import (
@@ -64,6 +65,8 @@ class Extractors:
     """The 41 AU names in output order (AU1 ... AU39, AUL1, AUR1, ... AUR14)."""
     provenance: dict[str, str] = field(default_factory=dict)
     """{'er', 'au', 'swin'} -> checkpoint sha256 or 'random-init'."""
+    unpickled: list[str] = field(default_factory=list)
+    """Checkpoint files read with the full unpickler because extract.trust_pickle named them (recorded)."""
 
     @property
     def er_dim(self) -> int:
@@ -140,6 +143,15 @@ def resolve_weights(ex: ExtractConfig) -> dict[str, Path]:
     return paths
 
 
+def trusted_paths(ex: ExtractConfig) -> list[Path]:
+    """The files extract.trust_pickle names, each as given and resolved against extract.weights_dir."""
+    out = []
+    for entry in ex.trust_pickle:
+        p = Path(entry)
+        out += [p] if p.is_absolute() else [p, Path(ex.weights_dir) / p]
+    return out
+
+
 def _seeded(builder, seed: int) -> nn.Module:
     # Own RNG stream per network; the caller's global RNG state is left as it was.
     with torch.random.fork_rng(devices=[]):
@@ -170,17 +182,20 @@ def build_extractors(
     au = _seeded(ANFL_BUILDERS[ex.au_model], seed + 1)
     swin = _seeded(SWIN_BUILDERS[ex.swin], seed + 2)
 
+    unpickled: list[str] = []
     if ex.random_init:
         log.warning("extract.random_init: ResNet50-ER, ANFL and Video Swin use RANDOM weights (seed %d); "
                     "features are for trials only", seed)
         provenance = {"er": RANDOM_INIT, "au": RANDOM_INIT, "swin": RANDOM_INIT}
     else:
-        load_resnet_er(er, paths["er"])
-        load_anfl(au, paths["au"])
-        load_video_swin(swin, paths["swin"])
+        # weights_only=True for every file; only those the user names may need the full unpickler
+        with trusting(trusted_paths(ex)) as unpickled:
+            load_resnet_er(er, paths["er"])
+            load_anfl(au, paths["au"])
+            load_video_swin(swin, paths["swin"])
         provenance = {k: file_sha256(p, memo_dir=memo_dir) for k, p in paths.items()}
 
     for m in (er, au, swin):
         m.to(device).eval().requires_grad_(False)
     return Extractors(er_model=er, au_model=au, swin_model=swin, device=device, face_size=ex.face_size,
-                      amp_dtype=amp, au_names=list(AU_NAMES), provenance=provenance)
+                      amp_dtype=amp, au_names=list(AU_NAMES), provenance=provenance, unpickled=list(unpickled))

@@ -74,8 +74,14 @@ def kill_train_trial(ref, uninterrupted, seed: int, name: str) -> dict:
     rec = train.run(cfg, progress=False)
     a, b = _weights(ref_dir), _weights(run_dir)
     diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
-    opt_same = all(torch.equal(x, y) for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
-                   for x, y in zip(sa.values(), sb.values()) if isinstance(x, torch.Tensor))
+    # a finished run's last.pt holds no optimiser state (nothing left to resume): both must have dropped it
+    # alike; where both still hold one, it must be equal
+    if "optimizer" in a and "optimizer" in b:
+        opt_same = all(torch.equal(x, y)
+                       for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values())
+                       for x, y in zip(sa.values(), sb.values()) if isinstance(x, torch.Tensor))
+    else:
+        opt_same = "optimizer" not in a and "optimizer" not in b
     return {"landed": landed, "killed_at": killed_at, "moment": f"{after_epochs}ep+{delay:.2f}s", "diff": diff,
             "opt_same": opt_same, "resumed_from": rec["extra"]["resumed_from_epoch"], "epoch": b["epoch"],
             "metrics": [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]}

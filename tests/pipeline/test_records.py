@@ -159,3 +159,16 @@ def test_diff_configs_names_changed_fields():
     new = {"train": {"lr": 3, "seed": 2}, "model": {"layers": 2, "heads": 4}}
     assert diff_configs(old, new) == ["model.heads", "train.lr"]
     assert diff_configs(old, old) == []
+
+
+def test_library_versions_name_pycocoevalcap_real_version():
+    """pycocoevalcap has no __version__: the record reads the installed distribution's version, never '?'."""
+    from importlib.metadata import version
+
+    import pycocoevalcap  # noqa: F401  (imported, as scoring does, before a record is written)
+
+    from pipeline.records import library_versions
+
+    libs = library_versions()
+    assert libs["pycocoevalcap"] == version("pycocoevalcap") != "?"
+    assert "?" not in libs.values()

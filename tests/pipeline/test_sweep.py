@@ -41,19 +41,20 @@ def _pt(k, tau, cider, acc=None, **keys):
     m = {"CIDEr": cider, "Bleu_4": cider / 3}
     if acc is not None:
         m["emotion_acc"] = acc
-    return SweepPoint({"model.top_k": k, "train.tau_c": tau}, keys, m)
+    return SweepPoint({"model.top_k": k, "train.tau_c": tau}, keys, m, {}, {"dataset": "mafw", "split": "test"})
 
 
-def test_csv_has_one_row_per_point_with_keys_and_every_metric(tmp_path):
+def test_csv_has_one_row_per_point_with_keys_evaluation_and_every_metric(tmp_path):
     pts = [_pt(2, 0.3, 0.5, 0.7, train="a" * 64, caption="b" * 64),
            _pt(1, 0.3, 0.4, None, train="c" * 64, caption="d" * 64)]
     path = write_csv(tmp_path / "s" / "sweep.csv", ["model.top_k", "train.tau_c"], pts)
     with open(path) as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["model.top_k", "train.tau_c", "train_key", "caption_key", "Bleu_4", "CIDEr", "emotion_acc"]
-    assert rows[1][:4] == ["2", "0.3", "a" * 16, "b" * 16]
-    assert float(rows[1][5]) == 0.5 and float(rows[1][6]) == 0.7
-    assert rows[2][6] == ""  # a metric a point lacks stays empty, not zero
+    assert rows[0] == ["model.top_k", "train.tau_c", "train_key", "caption_key", "dataset", "split",
+                       "Bleu_4", "CIDEr", "emotion_acc"]
+    assert rows[1][:6] == ["2", "0.3", "a" * 16, "b" * 16, "mafw", "test"]   # what every score is on
+    assert float(rows[1][7]) == 0.5 and float(rows[1][8]) == 0.7
+    assert rows[2][8] == ""  # a metric a point lacks stays empty, not zero
 
 
 def test_lines_one_per_value_of_the_second_field_sorted_by_x():

@@ -78,15 +78,22 @@ class _Opaque:  # an arbitrary pickled object, as mmcv's `meta` may hold
     pass
 
 
-def test_read_checkpoint_retries_with_full_unpickler_and_says_so(tmp_path, caplog):
+def test_read_checkpoint_refuses_a_file_needing_the_full_unpickler_unless_trusted(tmp_path, caplog):
+    from pipeline.models._checkpoint import UntrustedPickleError, trusting
+
     p = tmp_path / "c.pth"
     torch.save({"state_dict": {"module.w": torch.ones(1)}, "meta": _Opaque()}, p)
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(UntrustedPickleError) as e:
+        load_state_dict_file(p)
+    assert str(p) in str(e.value) and "_Opaque" in str(e.value) and "extract.trust_pickle" in str(e.value)
+    assert "\x1b" not in str(e.value)
+    with trusting([tmp_path / "other.pth"]):            # trusting another file is no trust for this one
+        with pytest.raises(UntrustedPickleError):
+            load_state_dict_file(p)
+    with caplog.at_level(logging.WARNING), trusting([p]) as used:
         sd = load_state_dict_file(p)
-    assert sd == {"w": torch.ones(1)}
-    assert "weights_only" in caplog.text and str(p) in caplog.text
-
-
+    assert sd == {"w": torch.ones(1)} and used == [str(p)]
+    assert "full unpickler" in caplog.text and str(p) in caplog.text
 def test_read_checkpoint_plain_file_loads_without_warning(tmp_path, caplog):
     p = tmp_path / "c.pth"
     torch.save({"epoch": 1, "state_dict": {"w": torch.ones(1)}}, p)
