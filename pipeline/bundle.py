@@ -27,8 +27,8 @@ from pipeline.errors import UserError
 FORMAT = "ecpa-model"
 FORMAT_VERSION = 1
 MANIFEST = "MANIFEST.sha256"
-FILES = ["model.safetensors", "model.json", "config.yaml", "tokenizer.json", "vocab.txt", "emotions.txt",
-         "extractors.json"]
+FILES = ["model.safetensors", "model.json", "config.yaml", "tokenizer.json", "caption_pieces.json", "vocab.txt",
+         "emotions.txt", "extractors.json"]
 """Every file of a bundle besides the manifest; all are checksummed."""
 
 
@@ -69,14 +69,17 @@ def export_bundle(run_dir: Path | str, out_dir: Path | str, *, checkpoint: str =
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model_config": ck["meta"]["model_config"], "num_emotions": ck["meta"]["num_emotions"],
         "shapes": ck["meta"]["shapes"], "au_names": cap.au_names,
-        "decoding": {"beam_size": cfg.caption.beam_size, "max_length": cfg.caption.max_length,
-                     "length_penalty": cfg.caption.length_penalty},
+        "decoding": {"beam_size": cfg.caption.beam_size, "max_length": cap.max_length,
+                     "length_penalty": cfg.caption.length_penalty, "words_only": cap.words_only},
         "top_aus": cfg.model.top_k,
         "source": {"run_dir": str(run_dir), "train_key": rec.get("key"), "checkpoint": checkpoint,
                    "epoch": ck.get("epoch"), "parents": rec.get("parents", {})},
     }
     atomic_write_text(tmp / "model.json", json.dumps(meta, indent=2) + "\n")
     atomic_write_text(tmp / "config.yaml", cfg.to_yaml())
+    if cap.tokenizer.caption_pieces is None:
+        raise UserError(f"{run_dir}: the run has no caption_pieces.json (trained before decoding was limited to the "
+                        "training vocabulary); retrain it to export")
     cap.tokenizer.save(tmp)
     vocab = cap.tokenizer.tok.get_vocab(with_added_tokens=True)
     atomic_write_text(tmp / "vocab.txt", "".join(t + "\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
@@ -158,7 +161,8 @@ def load_captioner(folder: Path | str, *, device: str = "auto", weights_dir: str
     if weights_dir is not None:
         setup.extract.weights_dir = str(weights_dir)
     emotions = [line.strip() for line in (folder / "emotions.txt").read_text().splitlines() if line.strip()]
-    tok = CaptionTokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")))
+    pieces = _read_json(folder / "caption_pieces.json").get("caption_pieces")
+    tok = CaptionTokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")), pieces)
     try:
         model = build_model(ModelConfig(**meta["model_config"]), tok, num_emotions=int(meta["num_emotions"]),
                             shapes=StoreShapes(**meta["shapes"]))
@@ -172,6 +176,7 @@ def load_captioner(folder: Path | str, *, device: str = "auto", weights_dir: str
     dec = meta.get("decoding", {})
     return Captioner(model, tok, emotions, setup, au_names=meta.get("au_names") or [], shapes=meta["shapes"],
                      beam_size=beam_size or dec.get("beam_size", 1), max_length=max_length or dec.get("max_length", 20),
+                     words_only=dec.get("words_only", True),
                      length_penalty=dec.get("length_penalty", 1.0),
                      top_aus=meta.get("top_aus", 3) if top_aus is None else top_aus, source=str(folder))
 

@@ -134,7 +134,7 @@ class Captioner:
 
     def __init__(self, model, tokenizer, emotions: list[str], setup: ExtractorSetup, *, au_names: list[str],
                  shapes: Mapping[str, int], beam_size: int = 1, max_length: int = 20, length_penalty: float = 1.0,
-                 top_aus: int = 3, source: str = ""):
+                 top_aus: int = 3, source: str = "", words_only: bool = False):
         if len(emotions) != model.num_emotions:
             raise UserError(f"{source}: {len(emotions)} emotion class names for a model of {model.num_emotions} classes")
         self.model, self.tokenizer = model, tokenizer
@@ -143,6 +143,8 @@ class Captioner:
         self.beam_size, self.max_length, self.length_penalty = beam_size, max_length, length_penalty
         self.top_aus = top_aus
         self.source = source
+        self.words_only = words_only and tokenizer.caption_pieces is not None
+        """Decode only word pieces seen in the training captions (caption.vocabulary=train), as `ecpa caption`."""
         self._extractors = None
 
     @property
@@ -228,7 +230,8 @@ class Captioner:
         b = batch["vid"].shape[0]
         videos = list(videos) if videos is not None else [f"features[{i}]" for i in range(b)]
         ids, emo = decode_with_emotion(self.model, batch, self.tokenizer, beam_size=self.beam_size,
-                                       max_length=self.max_length, length_penalty=self.length_penalty)
+                                       max_length=self.max_length, length_penalty=self.length_penalty,
+                                       words_only=self.words_only)
         conf = batch["au_probs"].float().mean(dim=1)                                # (B, A)
         k = min(self.top_aus, conf.shape[1])
         top = conf.topk(k, dim=1) if k > 0 else None
@@ -321,11 +324,17 @@ def captioner_from_run(run_dir: Path | str, *, checkpoint: str = "best", device:
     if weights_dir:
         setup.extract.weights_dir = str(weights_dir)
     model, tok, info = load_trained(run_dir, checkpoint, resolve_device(device))
+    if not max_length:
+        from pipeline.tokenizer import data_length
+
+        # caption.max_length=0: from the run's training captions, the rule `ecpa caption` keys by
+        max_length = cfg.caption.max_length or data_length(cfg)[0]
     return Captioner(model, tok, list(cfg.data.emotions), setup, au_names=list(AU_NAMES),
                      shapes=info.get("meta", {}).get("shapes", {}),
-                     beam_size=beam_size or cfg.caption.beam_size, max_length=max_length or cfg.caption.max_length,
+                     beam_size=beam_size or cfg.caption.beam_size, max_length=max_length,
                      length_penalty=cfg.caption.length_penalty,
-                     top_aus=cfg.model.top_k if top_aus is None else top_aus, source=str(run_dir))
+                     top_aus=cfg.model.top_k if top_aus is None else top_aus, source=str(run_dir),
+                     words_only=cfg.caption.vocabulary == "train")
 
 
 def video_paths(inputs: Iterable[str | Path]) -> list[Path]:

@@ -14,7 +14,7 @@ directly, with the same jar files and flags as pycocoevalcap uses, for reasons o
   its JVM in `__del__`.
 
 Both need Java 8+ on PATH. Without Java, `score_captions` raises a `UserError` carrying
-`stages._common.JAVA_HINT` before anything runs; note that switching METEOR off does not help then,
+`pipeline.scoring.JAVA_HINT` before anything runs; note that switching METEOR off does not help then,
 because the PTB tokenizer is Java too.
 
 Numbers equal pycocoevalcap's own pipeline (`tests/pipeline/test_scoring.py` checks that).
@@ -52,10 +52,28 @@ def _package_dir(sub: str) -> Path:
     return Path(bleu_module.__file__).resolve().parent.parent / sub
 
 
+def java_available() -> bool:
+    import shutil
+    import subprocess
+
+    java = shutil.which("java")
+    if not java:
+        return False
+    try:
+        return subprocess.run([java, "-version"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+JAVA_HINT = (
+    "METEOR and the PTB tokenizer of pycocoevalcap need Java 8+ on PATH: "
+    "`sudo apt-get install -y default-jre-headless` (Debian/Ubuntu) or `conda install -c conda-forge openjdk`; "
+    "or pass --set score.meteor=false to skip METEOR"
+)
+
+
 def _java() -> str:
     """Path of `java`, or a UserError that says how to install it."""
-    from stages._common import JAVA_HINT, java_available
-
     java = shutil.which("java")
     if java is None or not java_available():
         raise UserError(

@@ -82,24 +82,7 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def java_available() -> bool:
-    import shutil
-    import subprocess
-
-    java = shutil.which("java")
-    if not java:
-        return False
-    try:
-        return subprocess.run([java, "-version"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-JAVA_HINT = (
-    "METEOR and the PTB tokenizer of pycocoevalcap need Java 8+ on PATH: "
-    "`sudo apt-get install -y default-jre-headless` (Debian/Ubuntu) or `conda install -c conda-forge openjdk`; "
-    "or pass --set score.meteor=false to skip METEOR"
-)
+from pipeline.scoring import JAVA_HINT, java_available  # noqa: E402,F401  (one home: the library)
 
 
 def random_extractors(cfg: Config | None = None, caption_dir: Path | None = None) -> list[str]:

@@ -34,6 +34,9 @@ CAPTIONS_FILE = "captions.json"
 REFERENCES_FILE = "references.json"
 
 
+from pipeline.tokenizer import data_length  # noqa: E402  (the length rule lives in the library)
+
+
 def config_slice(cfg: Config, length_from: Config | None = None) -> dict:
     """Decoding fields (split, greedy/beam, beam size, length penalty, max length, vocabulary, checkpoint), with
     caption.max_length=0 resolved to the number the training captions need (`length_from`: the config the run
@@ -47,42 +50,6 @@ def config_slice(cfg: Config, length_from: Config | None = None) -> dict:
             # captioned under this key; `ecpa status` still shows the chain
             out["max_length"] = f"unresolved: {e}"
     return out
-
-
-def data_length(cfg: Config) -> tuple[int, str]:
-    """caption.max_length from the data: the 99th-percentile length in word pieces of the manifest's training
-    captions (under the tokenizer the run uses) + [CLS]/[SEP], at most model.max_caption_len; and the sentence
-    saying so. Memoised per manifest file and tokenizer settings (plan() asks several times per command)."""
-    m = cfg.manifest_path
-    st = m.stat() if m.is_file() else None
-    ident = (str(m.resolve()), st.st_size if st else -1, st.st_mtime_ns if st else -1, cfg.model.tokenizer,
-             cfg.model.vocab_size, cfg.model.max_caption_len)
-    return _data_length(ident, cfg)
-
-
-_LENGTHS: dict[tuple, tuple[int, str]] = {}
-
-
-def _data_length(ident: tuple, cfg: Config) -> tuple[int, str]:
-    if ident not in _LENGTHS:
-        from pipeline.manifest import read_manifest
-        from pipeline.tokenizer import LENGTH_PERCENTILE, build_tokenizer, decoding_length, piece_counts
-
-        if not cfg.manifest_path.is_file():
-            raise UserError(f"{cfg.manifest_path}: no manifest to derive caption.max_length from; run `ecpa manifest` "
-                            "or set caption.max_length")
-        caps = [c for clip in read_manifest(cfg.manifest_path) if clip.split == "train" for c in clip.captions]
-        if not caps:
-            raise UserError(f"{cfg.manifest_path}: no training captions to derive caption.max_length from; "
-                            "set caption.max_length")
-        tok = build_tokenizer(cfg.model.tokenizer, caps, cfg.model.vocab_size)
-        counts = piece_counts(tok, caps)
-        n = decoding_length(counts, cfg.model.max_caption_len)
-        capped = " (capped at model.max_caption_len)" if n < decoding_length(counts, 10**9) else ""
-        what = "the training caption" if len(caps) == 1 else f"the {len(caps)} training captions"
-        _LENGTHS[ident] = (n, f"{n} from {what}: {LENGTH_PERCENTILE}th percentile "
-                              f"{n - 2} word pieces + [CLS]/[SEP], longest {max(counts)}{capped}")
-    return _LENGTHS[ident]
 
 
 def length_note(cfg: Config, length_from: Config | None = None) -> str:

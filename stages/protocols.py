@@ -73,7 +73,12 @@ def protocol_plan(train_cfg: Config, eval_cfg: Config) -> ProtocolPlan:
     tr, ev = tr_plans["train"], ev_plans["extract"]
     eval_manifest = ensure_manifest(eval_cfg)  # the eval clips' captions, emotions and splits
     ca_slice = caption.config_slice(eval_cfg, length_from=train_cfg)  # the run's captions set the length
-    ca_parents = {"train": tr.key, "features": ev.key}
+    from pipeline.fingerprint import fingerprints_hash
+    from pipeline.manifest import read_manifest
+
+    split_ids = [c.id for c in read_manifest(eval_cfg.manifest_path) if c.split == eval_cfg.caption.split]
+    # the captioned clips' video fingerprints, as the in-domain plan keys them (a replaced video recaptions)
+    ca_parents = {"train": tr.key, "features": ev.key, "videos": fingerprints_hash(ev.fingerprints, split_ids)}
     if not (eval_cfg.cache_dir.resolve() == train_cfg.cache_dir.resolve()
             and eval_manifest == tr.parents.get("manifest")):
         # Another dataset: its split and references (captions.json / references.json) are not behind the

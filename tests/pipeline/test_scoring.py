@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import scoring
 from pipeline.errors import UserError
-from stages._common import JAVA_HINT, java_available
+from pipeline.scoring import JAVA_HINT, java_available
 
 pytestmark = pytest.mark.java
 

@@ -25,7 +25,13 @@ def test_export_folder_contents(chain, bundle):
     cfg, run_dir, ex_dir, _, _ = chain
     names = sorted(p.name for p in bundle.iterdir())
     assert names == sorted(["MANIFEST.sha256", "config.yaml", "emotions.txt", "extractors.json", "model.json",
-                            "model.safetensors", "tokenizer.json", "vocab.txt"])
+                            "model.safetensors", "tokenizer.json", "caption_pieces.json", "vocab.txt"])
+    # decoding as `ecpa caption` does it: the length resolved from the training captions, training pieces only
+    from pipeline.tokenizer import data_length
+
+    dec = json.loads((bundle / "model.json").read_text())["decoding"]
+    assert dec["words_only"] is True
+    assert dec["max_length"] == (cfg.caption.max_length or data_length(cfg)[0]) > 0
     assert (bundle / "emotions.txt").read_text().split() == cfg.data.emotions
     ex = json.loads((bundle / "extractors.json").read_text())
     recorded = json.loads((ex_dir / "stage.json").read_text())["config"]["weights"]
