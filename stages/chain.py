@@ -308,6 +308,10 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
         style = {"reused": "green", "run": "cyan", "failed": "bold red"}[o.action]
         t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(_rel(o.out_dir, base)))
     console.print(t)
+    if cfg is not None and cfg.extract.demo_fit:
+        from stages.data import print_extractor_quality
+
+        print_extractor_quality(cfg)
     if result.scores:
         from pipeline.records import read_record
         from stages.score import print_scores

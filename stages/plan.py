@@ -54,11 +54,13 @@ def videos_hash(cfg: Config) -> str:
 def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
     """Keys and folders of the chain for `cfg`, in order, up to and including stage `upto`.
 
-    The manifest is (re)built first when its inputs changed. Stage one reads only the videos, so the
+    The manifest is (re)built first when its inputs changed (and, for the demo preset, its extractors fitted
+    when this fit has no output yet: `extract.demo_fit`, pipeline.demo_fit). Stage one reads only the videos, so the
     extract key hashes the clips' ids and video files (`videos_hash`); the whole manifest's hash
     (captions, emotions, splits) enters at train and score, so a caption fix or another
     data.val_fraction retrains but never re-extracts."""
     from stages import caption, extract, score, train
+    from pipeline.demo_fit import ensure_demo_extractors, wanted
     from pipeline.manifest import ensure_manifest
 
     order = ["extract", "train", "caption", "score"]
@@ -66,6 +68,8 @@ def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
     out: dict[str, StagePlan] = {}
 
     manifest_hash = ensure_manifest(cfg)
+    if wanted(cfg):  # the demo's extractors are fitted on its training clips first (cached, pipeline.demo_fit)
+        ensure_demo_extractors(cfg)
     ex_slice = extract.config_slice(cfg)
     ex_parents = {"videos": videos_hash(cfg)}
     ex_key = stage_key("extract", extract.VERSION, ex_slice, ex_parents)

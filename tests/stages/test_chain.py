@@ -91,14 +91,16 @@ def demo_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sets(tmp_path, demo_root) -> list[str]:
-    return [f"data.root={demo_root}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}"]
+    return [f"data.root={demo_root}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}",
+            "extract.random_init=true"]
 
 
 @pytest.fixture
 def own_data_sets(tmp_path, demo_root) -> list[str]:
     """Like `sets`, on a private copy of the dataset that a test may edit."""
     shutil.copytree(demo_root, tmp_path / "data")
-    return [f"data.root={tmp_path / 'data'}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}"]
+    return [f"data.root={tmp_path / 'data'}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}",
+            "extract.random_init=true"]
 
 
 def cfg_of(sets, *more):
