@@ -504,12 +504,13 @@ def ensure_demo_extractors(cfg, say: Callable[[str], None] | None = None, force:
 
 
 def fit_demo_extractors(cfg, out_dir: Path, key: str, say: Callable[[str], None]) -> dict:
-    import dataclasses
-
+    """Fit, save in the originals' layouts, reload through `build_extractors`, measure on the test split,
+    then write `stage.json` (last)."""
     import torch
 
     from pipeline.manifest import read_manifest
     from pipeline.models.anfl import AU_NAMES
+    from pipeline.models._checkpoint import read_checkpoint
     from pipeline.models.extractors import build_extractors
     from pipeline.records import StageRecord, file_sha256, write_record
 
@@ -544,7 +545,10 @@ def fit_demo_extractors(cfg, out_dir: Path, key: str, say: Callable[[str], None]
                              au_weights=names["au"], swin_weights=names["swin"])
     loaded = build_extractors(ex, len(cfg.data.emotions), "cpu")
     test_data = load_split(cfg, test, loaded.au_names, workers=cfg.extract.workers)
-    quality = evaluate(loaded, test_data, swin_head=head.eval())
+    saved = read_checkpoint(out_dir / names["swin"])["state_dict"]  # the classifier as the file holds it
+    cls_head = torch.nn.Linear(*saved["cls_head.fc_cls.weight"].shape[::-1])
+    cls_head.load_state_dict({"weight": saved["cls_head.fc_cls.weight"], "bias": saved["cls_head.fc_cls.bias"]})
+    quality = evaluate(loaded, test_data, swin_head=cls_head.eval())
     (out_dir / QUALITY_FILE).write_text(json.dumps(quality, indent=2) + "\n")
     extra = {
         "files": names,

@@ -74,7 +74,7 @@ def print_extractor_quality(cfg) -> None:
     t.add_row("AU F1 x100, mean over the drawn main AUs", f"{100 * q['au_f1_mean_main']:.1f}")
     t.add_row("AU F1 x100, mean with their L/R AUs", f"{100 * q['au_f1_mean_all_drawn']:.1f}")
     if q.get("au_top3_precision") is not None:
-        t.add_row("top-3 AUs (clip confidence) that the clip draws", f"{100 * q['au_top3_precision']:.1f}%")
+        t.add_row("top-3 of the 41 AUs (clip confidence) that the clip draws", f"{100 * q['au_top3_precision']:.1f}%")
     from pipeline.models.anfl import AU_NAMES
 
     main = {a: q["au_f1"][a] for a in AU_NAMES if a in q["au_f1"] and not a.startswith(("AUL", "AUR"))}
