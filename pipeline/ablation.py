@@ -52,8 +52,16 @@ def _label(name: str) -> tuple[str, str]:
     return "-", name
 
 
+def untrained_emotion(name: str) -> bool:
+    """Rows without L_ER: nothing trains the emotion readout, so their emotion accuracy means nothing."""
+    from pipeline.training import ablation_sets
+
+    return "train.align_er=false" in ablation_sets(name)
+
+
 def markdown_table(points: list[SweepPoint], title: str = "") -> str:
-    """One line per ablation: table, row, `--ablation`, the plotted metrics x100, and CIDEr minus ECPA's."""
+    """One line per ablation: table, row, `--ablation`, the plotted metrics x100, and CIDEr minus ECPA's.
+    Emotion accuracy of a row without L_ER is marked '(no L_ER)': its readout is untrained."""
     present = metric_order({m for p in points for m in p.metrics})
     panels = plotted_metrics(present)
     ref = next((p for p in points if p.values["ablation"] == REFERENCE), None)
@@ -66,7 +74,11 @@ def markdown_table(points: list[SweepPoint], title: str = "") -> str:
         name = p.values["ablation"]
         table, label = _label(name)
         cells = [table, label, f"`{name}`"]
-        cells += [f"{100 * p.metrics[k]:.2f}" if k in p.metrics else "-" for _, k in panels]
+        for display, k in panels:
+            cell = f"{100 * p.metrics[k]:.2f}" if k in p.metrics else "-"
+            if display == "Emotion acc." and k in p.metrics and untrained_emotion(name):
+                cell += " (no L_ER)"
+            cells.append(cell)
         if ref is not None and cider is not None:
             delta = p.metrics.get(cider, float("nan")) - ref.metrics.get(cider, float("nan"))
             cells.append("-" if name == REFERENCE else f"{100 * delta:+.2f}")

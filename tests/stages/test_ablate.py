@@ -29,7 +29,7 @@ def test_markdown_rows_and_cider_difference_by_hand():
            SweepPoint({"ablation": "au_ce"}, metrics={"Bleu_4": 0.15, "CIDEr": 0.8125})]
     md = markdown_table(pts).splitlines()
     assert md[0] == "| table | row | `--ablation` | BLEU-4 x100 | CIDEr x100 | Emotion acc. x100 | CIDEr vs ECPA |"
-    assert md[2] == "| IV | SwinBERT baseline | `baseline` | 10.00 | 50.00 | 30.00 | -25.00 |"
+    assert md[2] == "| IV | SwinBERT baseline | `baseline` | 10.00 | 50.00 | 30.00 (no L_ER) | -25.00 |"
     assert md[3] == "| IV | ECPA (+ ECA) | `ecpa` | 20.00 | 75.00 | 40.00 | - |"
     assert md[4] == "| VI | AU-word: cross-entropy | `au_ce` | 15.00 | 81.25 | - | +6.25 |"
 
