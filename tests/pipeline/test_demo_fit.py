@@ -118,7 +118,7 @@ def _tiny_data(n=6, f=2, seed=0):
 
 def test_fits_are_seeded_and_deterministic():
     cfg = load_config("demo", ["extract.au_frames=2"])
-    data = _tiny_data()
+    data = _tiny_data(n=4)
     st = D.FitSettings(epochs=1, swin_epochs=1, batch_size=4, er_finetune_epochs=1)
     quiet = lambda _t: None  # noqa: E731
     runs = []
