@@ -107,6 +107,12 @@ class ExtractConfig:
     """Video Swin / SwinBERT checkpoint, relative to `weights_dir` unless absolute."""
     random_init: bool = False
     """Run with random weights (demo and tests only); recorded in the store and printed loudly."""
+    demo_fit: bool = False
+    """Demo preset only: fit the three extractors on the demo's training clips against the generator's ground
+    truth (pipeline.demo_fit, cached in cache/<name>/extractors/<key>/) and load those files; sets weights_dir
+    and the three file names. Ignored under random_init, and off when a weight path is given with --set."""
+    demo_fit_epochs: int = 6
+    """Demo preset only: passes of the extractor fit over the training face crops (Video Swin: 2/3 of them)."""
     precision: str = "auto"
     """Autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."""
     batch_size: int = knob(4)
@@ -408,6 +414,14 @@ def load_config(preset: str | Path = "demo", overrides: list[str] | None = None)
     for text in overrides or []:
         section, name, value = parse_override(text)
         _apply(cfg, section, name, value, f"--set {text}")
+    if cfg.extract.demo_fit and not cfg.extract.random_init:
+        weight_fields = {"weights_dir", "er_weights", "au_weights", "swin_weights"}
+        if any(parse_override(t)[:2] in {("extract", f) for f in weight_fields} for t in overrides or []):
+            cfg.extract.demo_fit = False  # weight files named on the command line win over the demo's fitted ones
+        else:
+            from pipeline.demo_fit import point_weights
+
+            point_weights(cfg)  # the fitted files of this config (a path only: the fit runs in stages.plan)
     return cfg
 
 

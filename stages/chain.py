@@ -358,6 +358,10 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
     out.print(t)
     if cfg is not None:
         print_random_note(random_extractors(cfg))
+    if cfg is not None and cfg.extract.demo_fit:
+        from stages.data import print_extractor_quality
+
+        print_extractor_quality(cfg)
     cap_dir = result.out_dir("caption")
     cap = read_record(cap_dir) if cap_dir is not None and (cap_dir / "stage.json").is_file() else None
     if cap and (cap.get("extra") or {}).get("max_length_from"):

@@ -45,3 +45,42 @@ def demo_data_command(
     ann = generate(root, n_clips=clips or cfg.data.demo_clips, seed=cfg.data.demo_seed if seed is None else seed,
                    video_size=cfg.data.demo_video_size)
     _common.out.print(f"[green]demo dataset[/] written: {ann}")
+    from pipeline.demo_fit import wanted
+
+    if wanted(cfg) and out is None and clips is None and seed is None:
+        from pipeline.demo_fit import ensure_demo_extractors
+        from pipeline.manifest import ensure_manifest
+
+        ensure_manifest(cfg)
+        ensure_demo_extractors(cfg, say=lambda t: console.print(t, highlight=False))
+        print_extractor_quality(cfg)
+
+
+def print_extractor_quality(cfg) -> None:
+    """The demo's fitted extractors measured on its test split (from their stage.json), as one table."""
+    from rich.table import Table
+
+    from pipeline.demo_fit import fit_dir, fit_key
+    from pipeline.records import read_record
+
+    rec = read_record(fit_dir(cfg))
+    if rec is None or rec.get("key") != fit_key(cfg):
+        return
+    q = rec["extra"]["quality"]
+    t = Table(title=f"demo extractors, fitted on {rec['counts'].get('train_clips')} training clips; "
+                    f"quality on the {q['clips']} test clips ({fit_dir(cfg)})", title_justify="left")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("ER accuracy (clip: mean logits of the frames)", f"{100 * q['er_clip_accuracy']:.1f}% "
+              f"(chance {100 * q['chance_er_accuracy']:.1f}%)")
+    if "swin_clip_accuracy" in q:
+        t.add_row("Video Swin clip accuracy (its fitted cls_head)", f"{100 * q['swin_clip_accuracy']:.1f}%")
+    t.add_row("AU F1 x100, mean over the drawn main AUs", f"{100 * q['au_f1_mean_main']:.1f}")
+    t.add_row("AU F1 x100, mean with their L/R AUs", f"{100 * q['au_f1_mean_all_drawn']:.1f}")
+    if q.get("au_top3_precision") is not None:
+        t.add_row("top-3 of the 41 AUs (clip confidence) that the clip draws", f"{100 * q['au_top3_precision']:.1f}%")
+    from pipeline.models.anfl import AU_NAMES
+
+    main = {a: q["au_f1"][a] for a in AU_NAMES if a in q["au_f1"] and not a.startswith(("AUL", "AUR"))}
+    t.add_row("AU F1 x100 per main AU", " ".join(f"{a[2:]}:{100 * v:.0f}" for a, v in main.items()))
+    _common.out.print(t)

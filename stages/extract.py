@@ -54,7 +54,7 @@ def config_slice(cfg: Config) -> dict:
     """Frame sampling, crops, extractor names, weight sha256s, emotion classes. Not batch size,
     workers or device (knobs), and not the weight file *paths* (their contents are keyed instead)."""
     s = section_slice(cfg.extract)
-    for k in ("weights_dir", "er_weights", "au_weights", "swin_weights"):
+    for k in ("weights_dir", "er_weights", "au_weights", "swin_weights", "demo_fit", "demo_fit_epochs"):
         s.pop(k)
     s["weights"] = weight_provenance(cfg)
     s["num_emotions"] = len(cfg.data.emotions)

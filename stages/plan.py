@@ -57,14 +57,16 @@ def run_dir(cfg: Config, key: str) -> Path:
 def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
     """Keys and folders of the chain for `cfg`, in order, up to and including stage `upto`.
 
-    The manifest is (re)built first when its inputs changed. The extract key holds what changes every
-    clip's features (extraction config, weights, code version, dataset name), not the list of videos:
-    each clip's video fingerprint (pipeline.fingerprint) lives in the store, so a replaced, added or
+    The manifest is (re)built first when its inputs changed (and, for the demo preset, its extractors fitted
+    when this fit has no output yet: `extract.demo_fit`, pipeline.demo_fit). The extract key holds what
+    changes every clip's features (extraction config, weights, code version, dataset name), not the list of
+    videos: each clip's video fingerprint (pipeline.fingerprint) lives in the store, so a replaced, added or
     removed video re-extracts only that clip, in the same store (StagePlan.status says 'changed' until
     then). Train hashes the fingerprints of the train and val clips it reads, caption those of the split
     it captions, so changed data retrains and recaptions, unchanged does not. The whole manifest's hash
     (captions, emotions, splits) enters at train and score, so a caption fix retrains, never re-extracts."""
     from stages import caption, extract, score, train
+    from pipeline.demo_fit import ensure_demo_extractors, wanted
     from pipeline.fingerprint import clip_fingerprints, fingerprints_hash
     from pipeline.manifest import ensure_manifest, read_manifest
 
@@ -73,6 +75,8 @@ def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
     out: dict[str, StagePlan] = {}
 
     manifest_hash = ensure_manifest(cfg)
+    if wanted(cfg):  # the demo's extractors are fitted on its training clips first (cached, pipeline.demo_fit)
+        ensure_demo_extractors(cfg)
     clips = read_manifest(cfg.manifest_path)
     fps = clip_fingerprints(clips, cfg.data.root, memo_dir=cfg.cache_dir)
     ex_slice = extract.config_slice(cfg)

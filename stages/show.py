@@ -60,9 +60,12 @@ def _clip_frames(video: str, n: int, side: int) -> tuple[np.ndarray | None, str 
 
 
 def top_aus(probs: np.ndarray, names: list[str], k: int = 3) -> list[tuple[str, float]]:
-    """Top-k AUs by clip-level confidence (mean over the AU frames): [(name, p)]."""
+    """Top-k distinct AUs by clip-level confidence (mean over the AU frames): [(name, p)]. OpenGraphAU's
+    left/right AUs (AUL1, AUR1, ...) are not candidates: they repeat their main AU's node (as stage two's
+    top-K), and would fill the list with one AU three times."""
     conf = np.asarray(probs, dtype=np.float64).reshape(-1, len(names)).mean(axis=0)
-    order = np.argsort(-conf, kind="stable")[:k]
+    candidates = np.array([i for i, n in enumerate(names) if not (n.startswith(("AUL", "AUR")) and n[3:].isdigit())])
+    order = candidates[np.argsort(-conf[candidates], kind="stable")][:k]
     return [(names[i], float(conf[i])) for i in order]
 
 

@@ -133,7 +133,7 @@ def command(
     cache: CacheOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Retrain from scratch even when a fresh run exists.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue a killed run from its last checkpoint.")] = True,
-    ablation: Annotated[Optional[str], typer.Option("--ablation", help="A named row of Tables IV-VI (baseline, vep, vep_tep, ecpa, no_er_align, no_au_align, align_global, align_sim_ce, align_ce, align_contrastive); --set overrides it.")] = None,
+    ablation: Annotated[Optional[str], typer.Option("--ablation", help="A named row of Tables IV-VI (baseline, vep, vep_tep, ecpa, no_er_align, no_au_align, er_global, er_sim_ce, au_ce, au_contrastive, visual_sentence); --set overrides it.")] = None,
 ) -> None:
     """Stage two on a feature cache: `ecpa-train --cache cache/mafw [--set train.lr=1e-4 ...]`."""
     from pipeline.training import ablation_sets

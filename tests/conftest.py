@@ -50,6 +50,7 @@ def formats_dir() -> Path:
 
 TINY_DEMO_SETS = [
     "data.demo_clips=24",
+    "extract.random_init=true",  # the shared chain skips the extractor fit (tests/pipeline/test_demo_fit.py fits)
     "extract.num_frames=8",
     "extract.batch_size=8",
     "extract.workers=0",

@@ -89,7 +89,8 @@ def _demo(args) -> dict:
 
     root = Path(args.root or tempfile.mkdtemp(prefix="ecpa_bench_"))
     cfg = load_config("demo", [f"data.root={root / 'data'}", f"data.cache_root={root / 'cache'}",
-                               f"data.demo_clips={args.clips}", f"extract.batch_size={args.batch}", "extract.workers=0"])
+                               f"data.demo_clips={args.clips}", f"extract.batch_size={args.batch}", "extract.workers=0",
+                               "extract.random_init=true"])
     ensure_manifest(cfg)
     clips = read_manifest(cfg.manifest_path)[: args.clips]
     tasks = [ClipTask(i, c.id, c.video) for i, c in enumerate(clips)]

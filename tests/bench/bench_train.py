@@ -78,7 +78,7 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
 
     root = tempfile.mkdtemp(prefix="bench_train_")
     cfg = load_config("demo", [f"data.root={root}/data", f"data.cache_root={root}/cache", f"data.demo_clips={clips}",
-                               "extract.workers=0"])
+                               "extract.workers=0", "extract.random_init=true"])
     extract.run(cfg, progress=False)
     store = plan(cfg, upto="extract")["extract"].out_dir / "store.zarr"
     manifest = read_manifest(cfg.manifest_path)

@@ -42,6 +42,7 @@ BATCH = 2
 BASE_SETS = [
     # the generated demo clips read as a generic dataset: no run ever (re)generates the shared data
     "data.format=generic",
+    "extract.random_init=true",  # fault trials time extraction, not the demo extractor fit
     f"data.demo_clips={FAULT_CLIPS}",
     "extract.num_frames=8",
     f"extract.batch_size={BATCH}",

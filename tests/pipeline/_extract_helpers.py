@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 
-MINI_SETS = ["extract.num_frames=4", "extract.au_frames=2", "extract.batch_size=2", "extract.workers=0",
+MINI_SETS = ["extract.random_init=true", "extract.num_frames=4", "extract.au_frames=2", "extract.batch_size=2", "extract.workers=0",
              "data.check_videos=false", "data.val_fraction=0.0"]
 
 

@@ -230,7 +230,8 @@ def test_ensure_manifest_generates_demo_data_when_absent(tmp_path, monkeypatch):
         touch_videos(Path(root) / "videos", [f"clip{i:02d}.mp4" for i in range(n_clips)])
         return write(Path(root) / "annotations.jsonl", _demo_rows(n_clips))
 
-    monkeypatch.setitem(sys.modules, "pipeline.demo_data", types.SimpleNamespace(generate=fake_generate))
+    monkeypatch.setitem(sys.modules, "pipeline.demo_data",  # the version keys the demo's extractor fit
+                        types.SimpleNamespace(generate=fake_generate, GENERATOR_VERSION="fake"))
     cfg = load_config("demo", [f"data.root={tmp_path / 'd'}", f"data.cache_root={tmp_path / 'c'}",
                                "data.demo_clips=8", "data.demo_seed=5"])
     ensure_manifest(cfg)

@@ -93,14 +93,16 @@ def demo_root(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def sets(tmp_path, demo_root) -> list[str]:
-    return [f"data.root={demo_root}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}"]
+    return [f"data.root={demo_root}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}",
+            "extract.random_init=true", "extract.demo_fit=false"]
 
 
 @pytest.fixture
 def own_data_sets(tmp_path, demo_root) -> list[str]:
     """Like `sets`, on a private copy of the dataset that a test may edit."""
     shutil.copytree(demo_root, tmp_path / "data")
-    return [f"data.root={tmp_path / 'data'}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}"]
+    return [f"data.root={tmp_path / 'data'}", "data.demo_clips=8", f"data.cache_root={tmp_path / 'cache'}",
+            "extract.random_init=true", "extract.demo_fit=false"]
 
 
 def cfg_of(sets, *more):
@@ -296,7 +298,8 @@ def test_every_knob_is_unkeyed_and_every_keyed_stage_field_is_keyed(fakes, sets)
     base = plan(cfg_of(sets))
     base_keys = {s: p.key for s, p in base.items()}
     owner = {"extract": "extract", "model": "train", "train": "train", "caption": "caption", "score": "score"}
-    path_fields = {"weights_dir", "er_weights", "au_weights", "swin_weights"}
+    # the demo fit's switches act through the weight files' contents, as the paths do
+    path_fields = {"weights_dir", "er_weights", "au_weights", "swin_weights", "demo_fit", "demo_fit_epochs"}
     for section in SECTIONS:
         for f in fields(getattr(cfg_of(sets), section)):
             if section == "data" and (f.name == "cache_root" or f.metadata.get("keyed", True)):

@@ -12,7 +12,7 @@ from pipeline.records import file_sha256
 
 @pytest.fixture(scope="module")
 def demo_ex():
-    return load_config("demo").extract  # face 64, 8 x 64^2 clips, resnet18 ER, swin3d_demo, anfl_demo, random_init
+    return load_config("demo", ["extract.random_init=true"]).extract  # face 64, 8 x 64^2 clips, resnet18 ER, swin3d_demo, anfl_demo, random_init
 
 
 @pytest.fixture(scope="module")
