@@ -10,7 +10,12 @@ import json
 import math
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 TOKENIZER_FILE = "tokenizer.json"
 PIECES_FILE = "caption_pieces.json"

@@ -54,7 +54,7 @@ def test_extraction_refuses_then_trusts_the_named_file_and_records_it(tmp_path):
     from pipeline.models.extractors import build_extractors
     from tests.pipeline.models.test_video_swin import to_original_layout
 
-    ex = dataclasses.replace(load_config("demo").extract, er_model="resnet18")
+    ex = dataclasses.replace(load_config("demo", ["extract.random_init=true"]).extract, er_model="resnet18")
     src = build_extractors(ex, num_emotions=7, device="cpu", seed=0)
     wd = tmp_path / "weights"
     wd.mkdir()
