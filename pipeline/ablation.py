@@ -116,13 +116,9 @@ def plot_ablation(path: Path, points: list[SweepPoint], title: str = "") -> Path
     if title:
         fig.suptitle(title + "  (blue: Table IV, orange: V, green: VI, red: ECPA)", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from pipeline.records import save_figure
+
+    return save_figure(fig, path, dpi=120)
 
 
 def write_outputs(out_dir: Path, points: list[SweepPoint], meta: dict, title: str = "") -> dict[str, Path]:

@@ -70,7 +70,8 @@ def export_bundle(run_dir: Path | str, out_dir: Path | str, *, checkpoint: str =
         "model_config": ck["meta"]["model_config"], "num_emotions": ck["meta"]["num_emotions"],
         "shapes": ck["meta"]["shapes"], "au_names": cap.au_names,
         "decoding": {"beam_size": cfg.caption.beam_size, "max_length": cap.max_length,
-                     "length_penalty": cfg.caption.length_penalty, "words_only": cap.words_only},
+                     "length_penalty": cfg.caption.length_penalty, "words_only": cap.words_only,
+                     "no_repeat_ngram": cap.no_repeat_ngram},
         "top_aus": cfg.model.top_k,
         "source": {"run_dir": str(run_dir), "train_key": rec.get("key"), "checkpoint": checkpoint,
                    "epoch": ck.get("epoch"), "parents": rec.get("parents", {})},
@@ -176,7 +177,7 @@ def load_captioner(folder: Path | str, *, device: str = "auto", weights_dir: str
     dec = meta.get("decoding", {})
     return Captioner(model, tok, emotions, setup, au_names=meta.get("au_names") or [], shapes=meta["shapes"],
                      beam_size=beam_size or dec.get("beam_size", 1), max_length=max_length or dec.get("max_length", 20),
-                     words_only=dec.get("words_only", True),
+                     words_only=dec.get("words_only", True), no_repeat_ngram=dec.get("no_repeat_ngram", 0),
                      length_penalty=dec.get("length_penalty", 1.0),
                      top_aus=meta.get("top_aus", 3) if top_aus is None else top_aus, source=str(folder))
 

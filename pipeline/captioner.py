@@ -134,7 +134,7 @@ class Captioner:
 
     def __init__(self, model, tokenizer, emotions: list[str], setup: ExtractorSetup, *, au_names: list[str],
                  shapes: Mapping[str, int], beam_size: int = 1, max_length: int = 20, length_penalty: float = 1.0,
-                 top_aus: int = 3, source: str = "", words_only: bool = False):
+                 top_aus: int = 3, source: str = "", words_only: bool = False, no_repeat_ngram: int = 0):
         if len(emotions) != model.num_emotions:
             raise UserError(f"{source}: {len(emotions)} emotion class names for a model of {model.num_emotions} classes")
         self.model, self.tokenizer = model, tokenizer
@@ -144,6 +144,7 @@ class Captioner:
         self.top_aus = top_aus
         self.source = source
         self.words_only = words_only and tokenizer.caption_pieces is not None
+        self.no_repeat_ngram = no_repeat_ngram
         """Decode only word pieces seen in the training captions (caption.vocabulary=train), as `ecpa caption`."""
         self._extractors = None
 
@@ -231,7 +232,7 @@ class Captioner:
         videos = list(videos) if videos is not None else [f"features[{i}]" for i in range(b)]
         ids, emo = decode_with_emotion(self.model, batch, self.tokenizer, beam_size=self.beam_size,
                                        max_length=self.max_length, length_penalty=self.length_penalty,
-                                       words_only=self.words_only)
+                                       words_only=self.words_only, no_repeat_ngram=self.no_repeat_ngram)
         conf = batch["au_probs"].float().mean(dim=1)                                # (B, A)
         k = min(self.top_aus, conf.shape[1])
         top = conf.topk(k, dim=1) if k > 0 else None
@@ -334,7 +335,7 @@ def captioner_from_run(run_dir: Path | str, *, checkpoint: str = "best", device:
                      beam_size=beam_size or cfg.caption.beam_size, max_length=max_length,
                      length_penalty=cfg.caption.length_penalty,
                      top_aus=cfg.model.top_k if top_aus is None else top_aus, source=str(run_dir),
-                     words_only=cfg.caption.vocabulary == "train")
+                     words_only=cfg.caption.vocabulary == "train", no_repeat_ngram=cfg.caption.no_repeat_ngram)
 
 
 def video_paths(inputs: Iterable[str | Path]) -> list[Path]:

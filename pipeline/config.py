@@ -254,6 +254,9 @@ class CaptionConfig:
     vocabulary: str = "train"
     """What decoding may emit: train (word pieces that occur in the training captions, plus [SEP]; never a
     '##' piece first) or all (SwinBERT: any token but [PAD]/[CLS]/[MASK])."""
+    no_repeat_ngram: int = 0
+    """n > 0: never generate the same n word pieces twice in one caption (e.g. 3 stops "the raised inner
+    brows and the raised inner brows"); 0: SwinBERT's decoding, no such rule."""
     length_penalty: float = 1.0
     """Beam search: score / length**length_penalty."""
     checkpoint: str = "best"

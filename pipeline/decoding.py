@@ -189,6 +189,20 @@ def _banned(model, tokenizer, words_only: bool, V: int, device) -> tuple[Tensor,
     return ban, first
 
 
+def _repeat_ban(tokens: Tensor, n: int, V: int) -> Tensor | None:
+    """(N, V) bool: the tokens that would repeat an n-gram already generated in each row (`tokens` (N, t),
+    [CLS] first); None when n < 1 (off: SwinBERT's decoding) or no row is long enough."""
+    if n < 1 or tokens.shape[1] - 1 < n - 1:
+        return None
+    ban = torch.zeros(tokens.shape[0], V, dtype=torch.bool)
+    for i, row in enumerate(tokens[:, 1:].tolist()):
+        prefix = tuple(row[len(row) - n + 1:]) if n > 1 else ()
+        for j in range(len(row) - n + 1):
+            if tuple(row[j:j + n - 1]) == prefix:
+                ban[i, row[j + n - 1]] = True
+    return ban.to(tokens.device)
+
+
 def _check_args(model, tokenizer, beam_size: int, max_length: int) -> None:
     if beam_size < 1:
         raise UserError(f"caption.beam_size must be >= 1, got {beam_size}")
@@ -207,7 +221,8 @@ def _check_args(model, tokenizer, beam_size: int, max_length: int) -> None:
             )
 
 
-def _greedy(step, model, B: int, max_length: int, device, banned: tuple[Tensor, Tensor]) -> list[list[int]]:
+def _greedy(step, model, B: int, max_length: int, device, banned: tuple[Tensor, Tensor],
+            no_repeat_ngram: int = 0) -> list[list[int]]:
     cls, sep, mask, pad = model.cls_id, model.sep_id, model.mask_id, model.pad_id
     tokens = torch.full((B, 1), cls, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
@@ -215,6 +230,9 @@ def _greedy(step, model, B: int, max_length: int, device, banned: tuple[Tensor, 
     for cur_len in range(1, max_length):                # the sequence holds at most max_length tokens
         logits = step.logits(torch.cat([tokens, mask_col], dim=1), None)
         logits = logits.masked_fill(banned[cur_len == 1], -math.inf)
+        rep = _repeat_ban(tokens, no_repeat_ngram, logits.shape[-1])
+        if rep is not None:
+            logits = logits.masked_fill(rep, -math.inf)
         nxt = logits.argmax(dim=-1)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         tokens = torch.cat([tokens, nxt[:, None]], dim=1)
@@ -233,7 +251,7 @@ def _greedy(step, model, B: int, max_length: int, device, banned: tuple[Tensor, 
 
 
 def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, device,
-          banned: tuple[Tensor, Tensor]) -> list[list[int]]:
+          banned: tuple[Tensor, Tensor], no_repeat_ngram: int = 0) -> list[list[int]]:
     """Beam search; a finished hypothesis scores sum(log p) / (generated tokens, [SEP] included)**length_penalty.
 
     A clip stops when it holds K finished hypotheses and its best live beam cannot beat the worst of them
@@ -252,6 +270,9 @@ def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, d
         logp = torch.log_softmax(logits.float(), dim=-1)
         logp = logp.masked_fill(banned[cur_len == 1], -math.inf)
         V = logp.shape[-1]
+        rep = _repeat_ban(tokens, no_repeat_ngram, V)
+        if rep is not None:
+            logp = logp.masked_fill(rep, -math.inf)
         cand = (scores.view(N, 1) + logp).view(B, K * V)
         top_s, top_i = cand.topk(2 * K, dim=1)
         top_s, top_i = top_s.tolist(), top_i.tolist()
@@ -324,11 +345,13 @@ def decode_with_emotion(
     use_cache: bool = True,
     with_emotion: bool = True,
     words_only: bool = False,
+    no_repeat_ngram: int = 0,
 ) -> tuple[list[list[int]], Tensor | None]:
     """Captions (token ids without [CLS]/[SEP], one list per clip) and emotion logits (B, E) (None when the
     model has no emotion head). `batch` holds the cached arrays (`vid`, `er`, `au_feats`, `au_probs`);
     tensors are moved to the model's device. `max_length` counts [CLS]; `beam_size` 1 is greedy;
-    `words_only`: emit only `tokenizer.caption_pieces` and [SEP], never a '##' piece first.
+    `words_only`: emit only `tokenizer.caption_pieces` and [SEP], never a '##' piece first;
+    `no_repeat_ngram` n > 0: never generate an n-gram of word pieces twice in one caption (0: SwinBERT).
     The emotion is read after the search, from the class tokens over the generated caption
     (`ECPA.emotion_for_captions`; from the context alone in the visual-only variant)."""
     _check_args(model, tokenizer, beam_size, max_length)
@@ -339,9 +362,9 @@ def decode_with_emotion(
     with _eval_mode(model):
         step = (_PrefixCache if use_cache else _Uncached)(model, batch, beam_size, max_length)
         if beam_size == 1:
-            ids = _greedy(step, model, B, max_length, device, banned)
+            ids = _greedy(step, model, B, max_length, device, banned, no_repeat_ngram)
         else:
-            ids = _beam(step, model, B, beam_size, max_length, length_penalty, device, banned)
+            ids = _beam(step, model, B, beam_size, max_length, length_penalty, device, banned, no_repeat_ngram)
         emotion = model.emotion_for_captions(batch, ids) if with_emotion else None
     return ids, (None if emotion is None else emotion.float())
 

@@ -146,17 +146,6 @@ def er_align_loss(name: str, *, emotion: Tensor, emotion_logits: Tensor | None =
     return F.cross_entropy(cos[known] / SIM_CE_TEMPERATURE, emotion[known])
 
 
-def cosine_matrix(a: Tensor, w: Tensor) -> Tensor:
-    """D[i, j] = cos(a_i, w_j) in fp32; a zero vector gives 0. a (K, H), w (W, H) -> (K, W)."""
-    return F.normalize(a.float(), dim=-1, eps=1e-8) @ F.normalize(w.float(), dim=-1, eps=1e-8).t()
-
-
-def hungarian(D: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and columns of the matching maximising sum D (min(K, W) pairs)."""
-    rows, cols = linear_sum_assignment(D.detach().float().cpu().numpy(), maximize=True)
-    return rows, cols
-
-
 def aucl_pairs(D_matched: Tensor, tau_c: float, margin: float) -> Tensor:
     """The paper's L_AUCL term on matched similarities: Y = D > T_C, (1-Y) D^2 + Y max(0, m - D)^2 (per pair)."""
     Y = (D_matched > tau_c).to(D_matched.dtype).detach()

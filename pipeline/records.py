@@ -201,3 +201,16 @@ def diff_configs(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             changed.append(name)
     return changed
+
+
+def save_figure(fig, path: Path | str, dpi: int = 100) -> Path:
+    """Write a matplotlib figure as PNG atomically (temp file beside it, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -201,10 +201,6 @@ def plot_sweep(path: Path, fields: list[str], points: list[SweepPoint], title: s
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from pipeline.records import save_figure
+
+    return save_figure(fig, path, dpi=120)

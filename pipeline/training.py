@@ -46,7 +46,7 @@ from pipeline.losses import (
 )
 from pipeline.models.ecpa import ECPA, SENTENCE_PROMPTS, SPARSE_MASKS, build_model
 from pipeline.progress import quiet
-from pipeline.records import atomic_write_text
+from pipeline.records import atomic_write_text, save_figure
 from pipeline.store import StoreShapes
 from pipeline.tokenizer import (
     TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, decoding_length, load_tokenizer, piece_counts,
@@ -307,10 +307,7 @@ def plot_metrics(rows: list[dict], png: Path) -> None:
     if ax2.lines:
         ax2.legend()
     fig.tight_layout()
-    tmp = png.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure(fig, png, dpi=90)
 
 
 # ------------------------------------------------------------------ validation

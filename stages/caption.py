@@ -127,7 +127,7 @@ def caption_into(
             ids, emo = decode_with_emotion(
                 model, batch, tok, beam_size=ccfg.beam_size, max_length=ccfg.max_length,
                 length_penalty=ccfg.length_penalty, use_cache=ccfg.prefix_cache,
-                words_only=ccfg.vocabulary == "train")
+                words_only=ccfg.vocabulary == "train", no_repeat_ngram=ccfg.no_repeat_ngram)
             pred = emo.argmax(dim=-1).tolist() if emo is not None else [None] * len(ids)
             for cid, seq, e in zip(batch["clip_id"], ids, pred):
                 results.append({"image_id": cid, "caption": tok.decode(seq),

@@ -112,12 +112,9 @@ def render_sheet(rows: list[dict], out: Path, frames_per_clip: int = 4) -> Path:
         text = "\n".join(w for line in lines for w in textwrap.wrap(line, 78, subsequent_indent="    "))
         ax.text(0.0, 1.0, text, fontsize=8, va="top", ha="left", family="monospace", transform=ax.transAxes)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    from pipeline.records import save_figure
+
+    return save_figure(fig, out, dpi=90)
 
 
 def build_rows(caption_dir: Path, clip_ids: list[str] | None, n: int, frames_per_clip: int = 4,

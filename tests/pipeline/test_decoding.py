@@ -195,3 +195,21 @@ def test_bad_arguments_raise(model, batch):
 
     with pytest.raises(UserError, match="does not belong"):
         decode(model, batch, OtherTok())
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_no_repeat_ngram_blocks_repeated_phrases(model, batch, beam):
+    """caption.no_repeat_ngram (off by default, as SwinBERT): the demo's greedy captions repeated whole cue
+    phrases ("the raised inner brows and the raised inner brows"). With n set, no caption holds an n-gram
+    twice; cached and uncached decoding still agree; off, this model does repeat (the test can fail)."""
+    def repeats(seq, n):
+        grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+        return len(grams) != len(set(grams))
+
+    plain = decode(model, batch, beam_size=beam, max_length=12)
+    assert any(repeats(s, 1) for s in plain)
+    for n in (1, 2):
+        got = decode_with_emotion(model, batch, beam_size=beam, max_length=12, no_repeat_ngram=n)[0]
+        ref = decode_with_emotion(model, batch, beam_size=beam, max_length=12, no_repeat_ngram=n, use_cache=False)[0]
+        assert got == ref
+        assert not any(repeats(s, n) for s in got), got

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.losses import (
-    LossWeights, au_align_loss, compute_losses, er_align_loss, hungarian, loss_er, loss_name, mask_tokens, task_losses,
+    LossWeights, au_align_loss, compute_losses, er_align_loss, loss_er, match_all, loss_name, mask_tokens, task_losses,
 )
 
 
@@ -38,9 +38,9 @@ VALID = torch.tensor([[False, True, True, True, False]])   # [CLS] w1 w2 w3 [SEP
 
 
 def test_hungarian_beats_greedy_on_the_hand_example():
-    D = torch.tensor([[0.40, 0.35, 0.00], [0.25, 0.10, 0.15]])
-    rows, cols = hungarian(D)
-    assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0}
+    D = torch.tensor([[[0.40, 0.35, 0.00, 0.99], [0.25, 0.10, 0.15, 0.99]]])   # word 3 is not a real word
+    b, rows, cols = match_all(D, torch.tensor([[True, True, True, False]]))
+    assert b.tolist() == [0, 0] and dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0}
 
 
 def test_aucl_hand_value():
