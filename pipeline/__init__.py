@@ -6,6 +6,6 @@ effects: no CLI, no downloads, no files written.
 """
 __version__ = "0.1.0"
 
-from pipeline.bundle import load_captioner  # noqa: E402  (light: torch & co. load on first call)
+from pipeline.caption.bundle import load_captioner  # noqa: E402  (light: torch & co. load on first call)
 
 __all__ = ["load_captioner"]

@@ -5,7 +5,7 @@ stage computes (batch size for extraction, workers, device) are declared with `k
 plain default: they are left out of the stage keys (see `pipeline.records`), so changing them never
 invalidates a cached output.
 
-Presets live in `stages/configs/<name>.yaml`; `load_config("mafw", ["train.lr=1e-4"])` resolves one.
+Presets live in `pipeline/configs/<name>.yaml`; `load_config("mafw", ["train.lr=1e-4"])` resolves one.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import yaml
 
 from pipeline.errors import UserError
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "stages" / "configs"
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
 MAFW_EMOTIONS = [
     "anger", "disgust", "fear", "happiness", "neutral", "sadness",
@@ -109,7 +109,7 @@ class ExtractConfig:
     """Run with random weights (demo and tests only); recorded in the store and printed loudly."""
     demo_fit: bool = False
     """Demo preset only: fit the three extractors on the demo's training clips against the generator's ground
-    truth (pipeline.demo_fit, cached in cache/<name>/extractors/<key>/) and load those files; sets weights_dir
+    truth (pipeline.extract.demo_fit, cached in cache/<name>/extractors/<key>/) and load those files; sets weights_dir
     and the three file names. Ignored under random_init, and off when a weight path is given with --set."""
     demo_fit_epochs: int = 6
     """Demo preset only: passes of the extractor fit over the training face crops (Video Swin: 2/3 of them)."""
@@ -279,7 +279,7 @@ class ScoreConfig:
     """Compute METEOR (needs Java)."""
     emotion_lexicon: str = ""
     """Emotion lexicon folder (one <category>.txt per emotion category, one word per line, e.g. EmVidCap's
-    34 categories): adds Acc_sw, Acc_c, BFS and CFS (pipeline.emotion_metrics); empty: not reported. Keyed by
+    34 categories): adds Acc_sw, Acc_c, BFS and CFS (pipeline.score.emotion); empty: not reported. Keyed by
     the files' contents, not the path."""
 
 
@@ -401,7 +401,7 @@ def apply_mapping(cfg: Config, mapping: dict, source: str) -> Config:
 
 
 def load_config(preset: str | Path = "demo", overrides: list[str] | None = None) -> Config:
-    """Defaults < preset (a name in stages/configs or a YAML path) < `section.field=value` overrides."""
+    """Defaults < preset (a name in pipeline/configs or a YAML path) < `section.field=value` overrides."""
     cfg = Config()
     path = Path(preset)
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
@@ -422,7 +422,7 @@ def load_config(preset: str | Path = "demo", overrides: list[str] | None = None)
         if any(parse_override(t)[:2] in {("extract", f) for f in weight_fields} for t in overrides or []):
             cfg.extract.demo_fit = False  # weight files named on the command line win over the demo's fitted ones
         else:
-            from pipeline.demo_fit import point_weights
+            from pipeline.extract.demo_fit import point_weights
 
             point_weights(cfg)  # the fitted files of this config (a path only: the fit runs in stages.plan)
     return cfg

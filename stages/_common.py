@@ -82,7 +82,7 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-from pipeline.scoring import JAVA_HINT, java_available  # noqa: E402,F401  (one home: the library)
+from pipeline.score.coco import JAVA_HINT, java_available  # noqa: E402,F401  (one home: the library)
 
 
 def random_extractors(cfg: Config | None = None, caption_dir: Path | None = None) -> list[str]:

@@ -4,7 +4,7 @@
     ecpa ablate --preset demo --rows baseline,ecpa     # some rows only
     ecpa ablate --preset demo --set train.epochs=30    # --set applies to every row
 
-Each row is `ecpa run` with that row's `--ablation` overrides (`pipeline.training.ABLATIONS`), through
+Each row is `ecpa run` with that row's `--ablation` overrides (`pipeline.train.loop.ABLATIONS`), through
 `stages.chain.run_chain`: the rows share the extraction (and the extractor fit), and rerunning reuses
 every finished row. Writes cache/<ds>/ablations/<name>/{ablation.csv, ablation.json, ablation.md,
 ablation.png} and prints the table.
@@ -33,9 +33,9 @@ def run_ablation(
     echo: Callable[[str], None] | None = _echo_default,
 ) -> tuple[Path, list]:
     """Run each ablation row as a chain; write the table files after every row. Returns (folder, points)."""
-    from pipeline.ablation import resolve_rows, write_outputs
-    from pipeline.sweep import SweepPoint
-    from pipeline.training import ablation_sets
+    from pipeline.chain.ablation import resolve_rows, write_outputs
+    from pipeline.chain.sweep import SweepPoint
+    from pipeline.train.loop import ablation_sets
 
     say = echo or (lambda _t: None)
     names = resolve_rows(rows)
@@ -64,7 +64,7 @@ def command(
     progress: ProgressOpt = True,
 ) -> None:
     """Tables IV-VI on one cache: one chain per ablation row, sharing the extraction; CSV + Markdown + PNG."""
-    from pipeline.sweep import metric_order
+    from pipeline.chain.sweep import metric_order
 
     wanted = [r.strip() for r in rows.split(",") if r.strip()] if rows else None
     out_dir, points = run_ablation(preset, set, wanted, cache=cache, name=name, progress=progress)

@@ -34,7 +34,7 @@ CAPTIONS_FILE = "captions.json"
 REFERENCES_FILE = "references.json"
 
 
-from pipeline.tokenizer import data_length  # noqa: E402  (the length rule lives in the library)
+from pipeline.train.tokenizer import data_length  # noqa: E402  (the length rule lives in the library)
 
 
 def config_slice(cfg: Config, length_from: Config | None = None) -> dict:
@@ -92,10 +92,10 @@ def caption_into(
     predictions are named by the run's own classes (the checkpoint's). `ccfg.max_length` must be resolved (> 0)."""
     from torch.utils.data import DataLoader
 
-    from pipeline.decoding import decode_with_emotion
-    from pipeline.manifest import read_manifest
-    from pipeline.train_data import Clips, FeatureSource, collate, match_clips, open_checked_store, store_bytes
-    from pipeline.training import load_trained, resolve_device
+    from pipeline.caption.decoding import decode_with_emotion
+    from pipeline.data.manifest import read_manifest
+    from pipeline.train.data import Clips, FeatureSource, collate, match_clips, open_checked_store, store_bytes
+    from pipeline.train.loop import load_trained, resolve_device
 
     if ccfg.vocabulary not in ("train", "all"):
         raise UserError(f"caption.vocabulary={ccfg.vocabulary!r}: train (word pieces of the training captions) or all")

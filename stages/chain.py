@@ -12,7 +12,7 @@ dataset and split, in-domain):
 "train: run (changed since runs/ab12...: model.top_k 3 -> 4)", "upstream changed: extract key",
 "code version 1 -> 2".
 
-A sweep is a grid of ordinary chain runs (pipeline.sweep does the grid, CSV and plot), so the
+A sweep is a grid of ordinary chain runs (pipeline.chain.sweep does the grid, CSV and plot), so the
 points share whatever their keys share (usually the extraction), and rerunning a sweep reuses
 every finished point.
 """
@@ -154,7 +154,7 @@ def explain(cfg: Config, p: StagePlan) -> Why:
         return Why("partial", detail=f"unfinished output in {_rel(p.out_dir, cfg.cache_dir)} (no stage.json yet); running resumes it")
     if status == "damaged":
         return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json is unreadable; running rebuilds it")
-    if status == "changed":  # extract: same key, other videos (pipeline.fingerprint)
+    if status == "changed":  # extract: same key, other videos (pipeline.data.fingerprint)
         from stages.extract import clip_summary, clip_summary_text
 
         c = clip_summary(p)
@@ -190,7 +190,7 @@ def same_evaluation(cfg: Config, p: StagePlan, out_dir: Path) -> bool:
     cross-dataset or zero-shot output of a run is never the 'nearest' of an in-domain one."""
     if p.name not in ("caption", "score"):
         return True
-    from pipeline.compare import evaluation_of
+    from pipeline.chain.compare import evaluation_of
 
     cap_dir = out_dir if p.name == "caption" else out_dir.parent.parent
     try:
@@ -205,10 +205,10 @@ def store_damage(cfg: Config, p: StagePlan, full: bool = False) -> Why | None:
     """For a fresh extract record: is the store it vouches for still intact? None when it is (or when the record
     names no store), else a 'damaged' Why naming the clips and the repair. The cheap check stats the chunk files
     of every done clip and reads the done flags; `full` also decodes every chunk with its checksum
-    (pipeline.integrity)."""
+    (pipeline.extract.integrity)."""
     from pipeline.errors import CacheMismatchError
-    from pipeline.integrity import check_store, clip_ids_of, describe
-    from pipeline.store import open_store
+    from pipeline.extract.integrity import check_store, clip_ids_of, describe
+    from pipeline.extract.store import open_store
 
     rec = read_record(p.out_dir)
     if rec is None or "store" not in (rec.get("extra") or {}):
@@ -328,14 +328,14 @@ def run_chain(
         outcome.action = "run"
         say(f"[green]{name}: done[/] in {outcome.seconds:.1f}s ({where})")
     if "score" in plans:
-        from pipeline.compare import read_scores
+        from pipeline.chain.compare import read_scores
 
         result.scores = read_scores(plans["score"].out_dir)
     return result
 
 
 def _scores_table(scores: dict[str, float], title: str = "scores") -> Table:
-    from pipeline.sweep import metric_order
+    from pipeline.chain.sweep import metric_order
 
     t = Table(title=title, title_justify="left")
     t.add_column("metric")
@@ -477,7 +477,7 @@ def run_sweep(
 ) -> tuple[Path, list]:
     """Run every point of the grid as a chain; write sweep.csv, sweep.json and sweep.png to
     cache/<ds>/sweeps/<name>/. Returns (that folder, the SweepPoints)."""
-    from pipeline.sweep import SweepPoint, default_name, expand_grid, parse_grid, plot_sweep, write_csv, write_json
+    from pipeline.chain.sweep import SweepPoint, default_name, expand_grid, parse_grid, plot_sweep, write_csv, write_json
 
     say = echo or (lambda _t: None)
     grid = parse_grid(grid_args)
@@ -511,7 +511,7 @@ def sweep_command(
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep folder name (default: the swept fields).")] = None,
     progress: ProgressOpt = True,
 ) -> None:
-    from pipeline.sweep import metric_order
+    from pipeline.chain.sweep import metric_order
 
     out_dir, points = run_sweep(preset, set, grid, cache=cache, name=name, progress=progress)
     fields_ = list(points[0].values) if points else []
@@ -535,8 +535,8 @@ def compare_command(
     cache: CacheOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    from pipeline.compare import differing_fields, evaluations, load_view, resolve_run
-    from pipeline.sweep import metric_order
+    from pipeline.chain.compare import differing_fields, evaluations, load_view, resolve_run
+    from pipeline.chain.sweep import metric_order
 
     if cache is not None:
         caches = [Path(cache)]

@@ -15,7 +15,7 @@ def manifest_command(preset: PresetOpt = None, set: SetOpt = None, cache: CacheO
     """Read the dataset's annotation files into cache/<name>/manifest.jsonl; print clips and captions per split."""
     from rich.markup import escape
 
-    from pipeline.manifest import ensure_manifest, read_manifest, split_counts
+    from pipeline.data.manifest import ensure_manifest, read_manifest, split_counts
 
     cfg = resolve_config(preset, set, cache)
     notes: list[str] = []
@@ -38,18 +38,18 @@ def demo_data_command(
     preset: PresetOpt = None,
     set: SetOpt = None,
 ) -> None:
-    from pipeline.demo_data import generate
+    from pipeline.data.demo import generate
 
     cfg = resolve_config(preset, set)
     root = Path(out or cfg.data.root)
     ann = generate(root, n_clips=clips or cfg.data.demo_clips, seed=cfg.data.demo_seed if seed is None else seed,
                    video_size=cfg.data.demo_video_size)
     _common.out.print(f"[green]demo dataset[/] written: {ann}")
-    from pipeline.demo_fit import wanted
+    from pipeline.extract.demo_fit import wanted
 
     if wanted(cfg) and out is None and clips is None and seed is None:
-        from pipeline.demo_fit import ensure_demo_extractors
-        from pipeline.manifest import ensure_manifest
+        from pipeline.extract.demo_fit import ensure_demo_extractors
+        from pipeline.data.manifest import ensure_manifest
 
         ensure_manifest(cfg)
         ensure_demo_extractors(cfg, say=lambda t: console.print(t, highlight=False))
@@ -60,7 +60,7 @@ def print_extractor_quality(cfg) -> None:
     """The demo's fitted extractors measured on its test split (from their stage.json), as one table."""
     from rich.table import Table
 
-    from pipeline.demo_fit import fit_dir, fit_key
+    from pipeline.extract.demo_fit import fit_dir, fit_key
     from pipeline.records import read_record
 
     rec = read_record(fit_dir(cfg))
@@ -79,7 +79,7 @@ def print_extractor_quality(cfg) -> None:
     t.add_row("AU F1 x100, mean with their L/R AUs", f"{100 * q['au_f1_mean_all_drawn']:.1f}")
     if q.get("au_top3_precision") is not None:
         t.add_row("top-3 of the 41 AUs (clip confidence) that the clip draws", f"{100 * q['au_top3_precision']:.1f}%")
-    from pipeline.models.anfl import AU_NAMES
+    from pipeline.extract.networks.anfl import AU_NAMES
 
     main = {a: q["au_f1"][a] for a in AU_NAMES if a in q["au_f1"] and not a.startswith(("AUL", "AUR"))}
     t.add_row("AU F1 x100 per main AU", " ".join(f"{a[2:]}:{100 * v:.0f}" for a, v in main.items()))

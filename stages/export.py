@@ -1,4 +1,4 @@
-"""`ecpa export RUN -o DIR`: a trained run as a self-contained model folder (pipeline.bundle).
+"""`ecpa export RUN -o DIR`: a trained run as a self-contained model folder (pipeline.caption.bundle).
 
 The folder holds the weights (safetensors), the resolved config, the tokenizer and its vocabulary, the
 emotion classes, the extractor settings with the sha256 of the checkpoints the run was trained on, and a
@@ -18,7 +18,7 @@ from stages._common import console, user_errors
 def find_run(arg: str, cache: Path | None) -> Path:
     """A training run folder, or the run whose train key starts with `arg` under `cache` (default: every
     cache/<dataset>/ folder)."""
-    from pipeline.compare import resolve_run
+    from pipeline.chain.compare import resolve_run
     from pipeline.records import read_record
 
     caches = [cache] if cache is not None else sorted(p for p in Path("cache").glob("*") if p.is_dir())
@@ -39,7 +39,7 @@ def command(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty folder.")] = False,
 ) -> None:
     """Export a trained run as a self-contained model folder."""
-    from pipeline.bundle import MANIFEST, export_bundle
+    from pipeline.caption.bundle import MANIFEST, export_bundle
     from stages.extract import SEED
 
     run_dir = find_run(run, cache)

@@ -62,9 +62,9 @@ def config_slice(cfg: Config) -> dict:
 
 
 def clip_summary(p) -> dict | None:
-    """For `ecpa status`: the manifest clips of the extract plan `p` against its store (pipeline.store.clip_states:
+    """For `ecpa status`: the manifest clips of the extract plan `p` against its store (pipeline.extract.store.clip_states:
     fresh, stale, missing, dropped) and, from the record, the face fallback counts; None when there is no store."""
-    from pipeline.store import clip_states, open_store
+    from pipeline.extract.store import clip_states, open_store
 
     store = p.out_dir / "store.zarr"
     if not (store / "zarr.json").exists():
@@ -104,10 +104,10 @@ def _warn_random_init(provenance: dict[str, str]) -> None:
 
 def _open_or_create_store(store_path: Path, fingerprints: dict[str, str], shapes, attrs: dict, force: bool):
     """(group, RowSync): the store of this key (validated, its rows matched to the manifest clips by
-    fingerprint: pipeline.store.sync_rows), or a new empty one. A new store is created under a temporary name
+    fingerprint: pipeline.extract.store.sync_rows), or a new empty one. A new store is created under a temporary name
     and renamed, so an interruption never leaves a half-made group. When clips change, the record goes first:
     a run killed from there on leaves a store that resumes, never a record vouching for other clips."""
-    from pipeline.store import RowSync, create_store, open_store, sync_rows, validate_store
+    from pipeline.extract.store import RowSync, create_store, open_store, sync_rows, validate_store
 
     if force and store_path.exists():
         shutil.rmtree(store_path)
@@ -134,8 +134,8 @@ def _verify_existing(store_path: Path, out_dir: Path, ids: list[str], shapes) ->
     """`--verify`: check every done clip of an existing store (chunk files present, checksums valid, done flags
     readable; a missing array is recreated), then drop the record and clear the damaged clips' done flags, so
     the run that follows extracts exactly those. Returns {row: reason}; prints the damaged clips."""
-    from pipeline.integrity import clip_ids_of, describe, verify_store
-    from pipeline.store import open_store
+    from pipeline.extract.integrity import clip_ids_of, describe, verify_store
+    from pipeline.extract.store import open_store
 
     if not (store_path / "zarr.json").exists():
         return {}
@@ -177,7 +177,7 @@ def disk_full_error(e: BaseException) -> OSError | None:
 
 def face_counts(g, rows: np.ndarray) -> dict[str, int]:
     """Frames per face/source kind over the store `rows` (done clips), and the clips with any fallback frame."""
-    from pipeline.store import FACE_SOURCES
+    from pipeline.extract.store import FACE_SOURCES
 
     if not len(rows):
         return {"fallback_frames": 0, "fallback_clips": 0, "face_frames": {k: 0 for k in FACE_SOURCES}}
@@ -190,7 +190,7 @@ def face_counts(g, rows: np.ndarray) -> dict[str, int]:
 def _count_done(g) -> str:
     """Done clips of an open store, for the disk-full message ('?' when there is no store or its flags cannot
     be read: the message must not fail in turn)."""
-    from pipeline.integrity import read_done
+    from pipeline.extract.integrity import read_done
 
     if g is None:
         return "?"
@@ -211,14 +211,14 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     failed (after writing everything). `scheduler` (a dask address) or `workers_cluster` (a local dask
     cluster of that many processes) distribute the clips. `extractors` overrides the built bundle
     (tests: call-counting wrappers). `verify`: even when the record is fresh, check every done clip of the
-    store (pipeline.integrity.verify_store) and extract again exactly the damaged ones.
+    store (pipeline.extract.integrity.verify_store) and extract again exactly the damaged ones.
 
     A full disk (ENOSPC, EFBIG, EDQUOT) ends in a UserError saying how many clips are kept; rerunning the
     same command resumes."""
-    from pipeline.extraction import (ERRORS_NAME, ClipTask, ExtractResult, StoreLock, append_error,
+    from pipeline.extract.runner import (ERRORS_NAME, ClipTask, ExtractResult, StoreLock, append_error,
                                      extract_into_store, read_errors, resolve_device, write_errors)
-    from pipeline.manifest import read_manifest
-    from pipeline.models.extractors import build_extractors
+    from pipeline.data.manifest import read_manifest
+    from pipeline.extract.networks.extractors import build_extractors
     from stages.plan import plan
 
     p = plan(cfg, upto="extract")["extract"]
@@ -234,12 +234,12 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
     if extractors is None:  # stops here, before anything is written, when a checkpoint is missing
         extractors = build_extractors(ex, len(cfg.data.emotions), device if scheduler is None and not workers_cluster
                                       else "cpu", seed=SEED, memo_dir=cfg.cache_dir)
-    from pipeline.faces import MODES
+    from pipeline.extract.faces import MODES
 
     if ex.face_detector not in MODES:
         raise UserError(f"extract.face_detector={ex.face_detector!r}; expected one of {', '.join(MODES)}")
     if ex.face_detector == "mtcnn":  # its ONNX files must be there before any clip is decoded
-        from pipeline.mtcnn import _nets
+        from pipeline.extract.mtcnn import _nets
 
         _nets()
     _warn_random_init(extractors.provenance)
@@ -269,7 +269,7 @@ def run(cfg: Config, *, force: bool = False, progress: bool = True, strict: bool
             failing: BaseException | None = None
             try:
                 if tasks and (scheduler or workers_cluster):
-                    from pipeline.distributed import extract_distributed
+                    from pipeline.extract.distributed import extract_distributed
 
                     result = extract_distributed(str(store_path), tasks, ex, len(cfg.data.emotions), seed=SEED,
                                                  scheduler=scheduler, n_workers=workers_cluster,
@@ -388,7 +388,7 @@ def command(
     if c["failed"]:
         console.print(f"[yellow]{c['failed']} clips failed[/]; reasons in {rec['extra']['errors']}", highlight=False)
     if export_hdf5 is not None:
-        from pipeline.interop import export_hdf5 as export
+        from pipeline.extract.hdf5 import export_hdf5 as export
 
         n = export(rec["extra"]["store"], export_hdf5)
         out.print(f"exported {n} clips to {export_hdf5}", highlight=False)

@@ -25,12 +25,12 @@ class StagePlan:
     """The config slice the key hashes."""
     parents: dict[str, str] = field(default_factory=dict)
     fingerprints: dict[str, str] | None = None
-    """extract only: clip id -> video fingerprint of every manifest clip (pipeline.fingerprint)."""
+    """extract only: clip id -> video fingerprint of every manifest clip (pipeline.data.fingerprint)."""
 
     @property
     def clips_hash(self) -> str:
         """extract only: the hash of `fingerprints` that a complete record of this key must carry."""
-        from pipeline.fingerprint import fingerprints_hash
+        from pipeline.data.fingerprint import fingerprints_hash
 
         return fingerprints_hash(self.fingerprints or {})
 
@@ -58,24 +58,24 @@ def plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
     """Keys and folders of the chain for `cfg`, in order, up to and including stage `upto`.
 
     The manifest is (re)built first when its inputs changed (and, for the demo preset, its extractors fitted
-    when this fit has no output yet: `extract.demo_fit`, pipeline.demo_fit). The extract key holds what
+    when this fit has no output yet: `extract.demo_fit`, pipeline.extract.demo_fit). The extract key holds what
     changes every clip's features (extraction config, weights, code version, dataset name), not the list of
-    videos: each clip's video fingerprint (pipeline.fingerprint) lives in the store, so a replaced, added or
+    videos: each clip's video fingerprint (pipeline.data.fingerprint) lives in the store, so a replaced, added or
     removed video re-extracts only that clip, in the same store (StagePlan.status says 'changed' until
     then). Train hashes the fingerprints of the train and val clips it reads, caption those of the split
     it captions, so changed data retrains and recaptions, unchanged does not. The whole manifest's hash
     (captions, emotions, splits) enters at train and score, so a caption fix retrains, never re-extracts."""
     from stages import caption, extract, score, train
-    from pipeline.demo_fit import ensure_demo_extractors, wanted
-    from pipeline.fingerprint import clip_fingerprints, fingerprints_hash
-    from pipeline.manifest import ensure_manifest, read_manifest
+    from pipeline.extract.demo_fit import ensure_demo_extractors, wanted
+    from pipeline.data.fingerprint import clip_fingerprints, fingerprints_hash
+    from pipeline.data.manifest import ensure_manifest, read_manifest
 
     order = ["extract", "train", "caption", "score"]
     stop = order.index(upto)
     out: dict[str, StagePlan] = {}
 
     manifest_hash = ensure_manifest(cfg)
-    if wanted(cfg):  # the demo's extractors are fitted on its training clips first (cached, pipeline.demo_fit)
+    if wanted(cfg):  # the demo's extractors are fitted on its training clips first (cached, pipeline.extract.demo_fit)
         ensure_demo_extractors(cfg)
     clips = read_manifest(cfg.manifest_path)
     fps = clip_fingerprints(clips, cfg.data.root, memo_dir=cfg.cache_dir)

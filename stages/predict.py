@@ -30,10 +30,10 @@ def load(run: str | None, model: Path | None, cache: Path | None, **kw):
         raise UserError("give exactly one of --run RUN_DIR_OR_KEY (a training run) or --model FOLDER "
                         "(from `ecpa export`)")
     if model is not None:
-        from pipeline.bundle import load_captioner
+        from pipeline.caption.bundle import load_captioner
 
         return load_captioner(model, **kw)
-    from pipeline.captioner import captioner_from_run
+    from pipeline.caption.captioner import captioner_from_run
     from stages.extract import SEED
 
     from stages.export import find_run
@@ -68,7 +68,7 @@ def command(
     """Caption videos with a trained model: caption, predicted emotion and probability, top AUs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline.captioner import VideoFailure, video_paths
+    from pipeline.caption.captioner import VideoFailure, video_paths
 
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size}: must be at least 1")

@@ -66,15 +66,15 @@ def protocol_plan(train_cfg: Config, eval_cfg: Config) -> ProtocolPlan:
     from stages import caption, score
     from stages.plan import StagePlan, plan
 
-    from pipeline.manifest import ensure_manifest
+    from pipeline.data.manifest import ensure_manifest
 
     tr_plans = plan(train_cfg, upto="train")
     ev_plans = plan(eval_cfg, upto="extract")
     tr, ev = tr_plans["train"], ev_plans["extract"]
     eval_manifest = ensure_manifest(eval_cfg)  # the eval clips' captions, emotions and splits
     ca_slice = caption.config_slice(eval_cfg, length_from=train_cfg)  # the run's captions set the length
-    from pipeline.fingerprint import fingerprints_hash
-    from pipeline.manifest import read_manifest
+    from pipeline.data.fingerprint import fingerprints_hash
+    from pipeline.data.manifest import read_manifest
 
     split_ids = [c.id for c in read_manifest(eval_cfg.manifest_path) if c.split == eval_cfg.caption.split]
     # the captioned clips' video fingerprints, as the in-domain plan keys them (a replaced video recaptions)
@@ -183,9 +183,9 @@ def vocabulary_coverage(tokenizer, captions: list[str], show: int = 10) -> dict:
 
 
 def check_compatibility(pp: ProtocolPlan, train_cfg: Config, eval_cfg: Config) -> Compatibility:
-    from pipeline.manifest import read_manifest
-    from pipeline.store import open_store, validate_store
-    from pipeline.tokenizer import load_tokenizer
+    from pipeline.data.manifest import read_manifest
+    from pipeline.extract.store import open_store, validate_store
+    from pipeline.train.tokenizer import load_tokenizer
 
     out = Compatibility()
     t_path, e_path = pp.train_extract.out_dir / "store.zarr", pp.eval_extract.out_dir / "store.zarr"

@@ -46,7 +46,7 @@ def config_slice(cfg: Config) -> dict:
     s = section_slice(cfg.score)
     lexicon = s.pop("emotion_lexicon")
     if lexicon:
-        from pipeline.emotion_metrics import lexicon_hash
+        from pipeline.score.emotion import lexicon_hash
 
         s["emotion_lexicon"] = f"sha256:{lexicon_hash(lexicon)}" if Path(lexicon).is_dir() else f"missing:{lexicon}"
     return s
@@ -83,7 +83,7 @@ def training_baselines(cfg: Config) -> dict | None:
     clip, and the most frequent training emotion (plus chance, 1/E). None without a manifest."""
     from collections import Counter
 
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
 
     if not cfg.manifest_path.is_file():
         return None
@@ -104,7 +104,7 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
     `baselines` (see `training_baselines`), the constant-caption and majority-emotion baselines are
     scored on the same references and stored beside the model's figures. Returns the record parts
     (timings, counts, extra)."""
-    from pipeline.scoring import ALL_METRICS, length_stats, score_captions, score_captions_per_clip
+    from pipeline.score.coco import ALL_METRICS, length_stats, score_captions, score_captions_per_clip
 
     t0 = time.perf_counter()
     unknown = [m for m in scfg.metrics if m not in ALL_METRICS]
@@ -112,7 +112,7 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
         raise UserError(f"score.metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(ALL_METRICS)}")
     lexicon = None
     if getattr(scfg, "emotion_lexicon", ""):  # read first: a bad lexicon stops before the slow scoring
-        from pipeline.emotion_metrics import load_lexicon
+        from pipeline.score.emotion import load_lexicon
 
         lexicon = load_lexicon(scfg.emotion_lexicon)
     results, refs = read_caption_output(caption_dir)
@@ -147,7 +147,7 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
                      "[SEP]: they were cut, not ended")
     emotion_counts = None
     if lexicon is not None:
-        from pipeline.emotion_metrics import emotion_metrics
+        from pipeline.score.emotion import emotion_metrics
 
         emo, emotion_counts, emo_notes = emotion_metrics(res, gts, lexicon, corpus)
         metrics.update(emo)
@@ -162,7 +162,7 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, progress: bool = True,
         base_metrics["emotion_acc"] = (sum(true[k] == baselines["emotion"] for k in known) / len(known)
                                        if known and baselines["emotion"] is not None else None)
         if lexicon is not None:
-            from pipeline.emotion_metrics import emotion_metrics
+            from pipeline.score.emotion import emotion_metrics
 
             base_metrics.update(emotion_metrics(const, gts, lexicon, base_metrics)[0])
         baseline = {"caption": baselines["caption"], "emotion": baselines["emotion"],

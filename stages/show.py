@@ -1,6 +1,6 @@
 """`ecpa show`: a PNG contact sheet for chosen clips of a caption output.
 
-One row per clip: a few frames decoded from the video (pipeline.video), then the generated caption, the
+One row per clip: a few frames decoded from the video (pipeline.extract.video), then the generated caption, the
 references, the true and predicted emotion, and the top action units by ANFL confidence (the store's
 `au/probs`, named by its `au_names` attribute). Written into the caption folder (`show.png`) unless
 `--out` says otherwise.
@@ -29,14 +29,14 @@ from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config,
 
 SHOW_FILE = "show.png"
 BOX_COLOURS = {"detected": "lime", "tracked": "yellow", "interpolated": "orange", "fallback": "red"}
-"""Edge colour per face/source kind (pipeline.store.FACE_SOURCES)."""
+"""Edge colour per face/source kind (pipeline.extract.store.FACE_SOURCES)."""
 
 
 def _stored_frames(video: str, row: int, g, ex, k: int) -> tuple[np.ndarray | None, list, str | None]:
     """k of the extraction's frames of one clip (as it sampled and cropped them) with the stored boxes and their
     source kinds: (frames (k, crop, crop, 3), [(box, kind)], note)."""
-    from pipeline.store import FACE_SOURCES, SOURCE_UNSET
-    from pipeline.video import ClipError, decode_clip, even_subset
+    from pipeline.extract.store import FACE_SOURCES, SOURCE_UNSET
+    from pipeline.extract.video import ClipError, decode_clip, even_subset
 
     boxes = np.asarray(g["face/boxes"][row])
     src = np.asarray(g["face/source"][row])
@@ -51,7 +51,7 @@ def _stored_frames(video: str, row: int, g, ex, k: int) -> tuple[np.ndarray | No
 
 def _clip_frames(video: str, n: int, side: int) -> tuple[np.ndarray | None, str | None]:
     """(n, side, side, 3) uint8 frames sampled uniformly, or (None, why) when the video cannot be decoded."""
-    from pipeline.video import ClipError, decode_clip
+    from pipeline.extract.video import ClipError, decode_clip
 
     try:
         return decode_clip(video, num_frames=n, size=side, crop=side).frames, None
@@ -122,9 +122,9 @@ def build_rows(caption_dir: Path, clip_ids: list[str] | None, n: int, frames_per
     """Gather what the sheet shows for the chosen clips of a caption output (`boxes`: the extraction's frames
     with the stored face boxes, see the module docstring)."""
     from pipeline.config import load_config
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
     from pipeline.records import read_record
-    from pipeline.store import open_store
+    from pipeline.extract.store import open_store
     from stages.score import read_caption_output
 
     results, refs = read_caption_output(caption_dir)

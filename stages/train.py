@@ -3,7 +3,7 @@
 Output: cache/<dataset>/runs/<train-key>/{tokenizer.json, checkpoints/{last,best}.pt, metrics.jsonl,
 loss_curves.png, val/epoch_<e>.json, config.yaml, stage.json}.
 
-Reads top to bottom: config -> plan and cache guard -> train (pipeline.training) -> record.
+Reads top to bottom: config -> plan and cache guard -> train (pipeline.train.loop) -> record.
 Under torchrun every rank runs `run`; rank 0 writes the outputs and the record.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def config_slice(cfg: Config) -> dict:
         # key the initial weights by the weight file's contents (a moved folder keeps the key)
         from pathlib import Path
 
-        from pipeline.models.bert_init import WEIGHT_FILES
+        from pipeline.train.bert_init import WEIGHT_FILES
         from pipeline.records import file_sha256
 
         folder = Path(model["init_from"])
@@ -57,9 +57,9 @@ def config_slice(cfg: Config) -> dict:
 
 def check_store_fits(cfg: Config, store_path, extract_plan) -> None:
     """Refuse a store written for another extraction: its recorded key must be the one this config plans; and
-    a damaged one (pipeline.integrity's cheap check)."""
-    from pipeline.integrity import require_intact
-    from pipeline.store import open_store
+    a damaged one (pipeline.extract.integrity's cheap check)."""
+    from pipeline.extract.integrity import require_intact
+    from pipeline.extract.store import open_store
 
     g = open_store(store_path)
     attrs = dict(g.attrs)
@@ -83,8 +83,8 @@ def check_store_fits(cfg: Config, store_path, extract_plan) -> None:
 def run(cfg: Config, *, force: bool = False, progress: bool = True, resume: bool = True) -> dict:
     """Train for `cfg` unless a fresh run with the same key exists. `resume` continues from the run's
     last checkpoint (a killed run); `force` retrains from scratch."""
-    from pipeline import training
-    from pipeline.manifest import read_manifest
+    from pipeline.train import loop as training
+    from pipeline.data.manifest import read_manifest
     from stages.plan import plan
 
     training.check_config(cfg)
@@ -136,7 +136,7 @@ def command(
     ablation: Annotated[Optional[str], typer.Option("--ablation", help="A named row of Tables IV-VI (baseline, vep, vep_tep, ecpa, no_er_align, no_au_align, er_global, er_sim_ce, au_ce, au_contrastive, visual_sentence); --set overrides it.")] = None,
 ) -> None:
     """Stage two on a feature cache: `ecpa-train --cache cache/mafw [--set train.lr=1e-4 ...]`."""
-    from pipeline.training import ablation_sets
+    from pipeline.train.loop import ablation_sets
 
     sets = (ablation_sets(ablation) if ablation else []) + list(set or [])
     cfg = resolve_config(preset, sets, cache)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import StoreShapes
+from pipeline.extract.store import StoreShapes
 
 MAFW_SHAPES = StoreShapes(tokens=784, channels=1024, frames=32, er_dim=2048, emotions=11,
                           au_frames=8, aus=41, au_dim=512)

@@ -15,8 +15,8 @@ import time
 import torch
 
 from pipeline.config import load_config
-from pipeline.decoding import decode
-from pipeline.models.ecpa import ECPA
+from pipeline.caption.decoding import decode
+from pipeline.train.model import ECPA
 
 BERT_VOCAB = 30522  # bert-base-uncased: [PAD]=0, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103
 

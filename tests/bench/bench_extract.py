@@ -22,7 +22,7 @@ import numpy as np
 
 
 def _time_shared(tasks, ext, ex, device) -> dict:
-    from pipeline.extraction import Failed, prepare_clip, run_extractors
+    from pipeline.extract.runner import Failed, prepare_clip, run_extractors
 
     t_dec = t_cmp = 0.0
     t0 = time.perf_counter()
@@ -44,8 +44,8 @@ def _time_separate(tasks, ext, ex, device) -> dict:
     """Each extractor decodes its own copy of the clip (what three separate extraction scripts do)."""
     import torch
 
-    from pipeline.extraction import Failed, prepare_clip
-    from pipeline.video import decode_clip, even_subset
+    from pipeline.extract.runner import Failed, prepare_clip
+    from pipeline.extract.video import decode_clip, even_subset
 
     t_dec = t_cmp = 0.0
     t0 = time.perf_counter()
@@ -83,9 +83,9 @@ def _sync(device) -> None:
 
 def _demo(args) -> dict:
     from pipeline.config import load_config
-    from pipeline.extraction import ClipTask, resolve_device
-    from pipeline.manifest import ensure_manifest, read_manifest
-    from pipeline.models.extractors import build_extractors
+    from pipeline.extract.runner import ClipTask, resolve_device
+    from pipeline.data.manifest import ensure_manifest, read_manifest
+    from pipeline.extract.networks.extractors import build_extractors
 
     root = Path(args.root or tempfile.mkdtemp(prefix="ecpa_bench_"))
     cfg = load_config("demo", [f"data.root={root / 'data'}", f"data.cache_root={root / 'cache'}",
@@ -117,8 +117,8 @@ def _mafw(args) -> dict:
     import torch
 
     from pipeline.config import load_config
-    from pipeline.extraction import ClipTask, resolve_device
-    from pipeline.models.extractors import build_extractors
+    from pipeline.extract.runner import ClipTask, resolve_device
+    from pipeline.extract.networks.extractors import build_extractors
 
     cfg = load_config("mafw", ["extract.random_init=true", f"extract.batch_size={args.batch}"])
     samples = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mafw_samples"

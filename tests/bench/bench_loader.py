@@ -1,16 +1,16 @@
-"""Benchmark: stage-two data loading from the feature store as shipped (pipeline.store: Zarr v3, one clip per
-chunk, uncompressed with a CRC32C checksum per chunk) through pipeline.train_data's production path, at MAFW
+"""Benchmark: stage-two data loading from the feature store as shipped (pipeline.extract.store: Zarr v3, one clip per
+chunk, uncompressed with a CRC32C checksum per chunk) through pipeline.train.data's production path, at MAFW
 shapes (784x1024 f16 tokens per clip, plus ER/AU arrays), batch 32, against slicing the same bytes from
 in-memory numpy arrays.
 
 What it times, interleaved round by round so a noisy (shared) machine slows every variant alike, 0 workers:
   memory       baseline: one numpy array per batch key in RAM; a batch = fancy-index the 32 rows
   ram          the in-RAM path (the used rows fit `train.ram_cache_gb`): FeatureSource(in_memory=True) +
-               CaptionPairs + collate in a DataLoader, as pipeline.training builds it
+               CaptionPairs + collate in a DataLoader, as pipeline.train.loop builds it
   stream       the streaming path: FeatureSource(in_memory=False), i.e. ClipReader reading each clip's chunk
                files directly and verifying their CRC32C (local store)
   stream_zarr  diagnostic: the same with the zarr API fallback that remote (fsspec) stores take (direct=False)
-Then whether the streaming path's reads hide behind compute with the workers pipeline.training gets from
+Then whether the streaming path's reads hide behind compute with the workers pipeline.train.loop gets from
 `plan_loading` for a store that does not fit in RAM (train.num_workers=0 -> min(2, CPUs) workers, its
 prefetch factor): a loop that sleeps `--compute-ms` per step (default 150 ms, standing in for a MAFW-shaped
 GPU step, which leaves the CPU to the workers) and measures how long each step waits for its batch, against
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.store import StoreShapes, create_store
-from pipeline.tokenizer import train_wordpiece
-from pipeline.train_data import (FEATURE_ARRAYS, CaptionPairs, ClipRef, EpochSampler, FeatureSource, LoadPlan,
+from pipeline.extract.store import StoreShapes, create_store
+from pipeline.train.tokenizer import train_wordpiece
+from pipeline.train.data import (FEATURE_ARRAYS, CaptionPairs, ClipRef, EpochSampler, FeatureSource, LoadPlan,
                                  collate, plan_loading)
 from tests.bench._util import MAFW_SHAPES, SMALL_SHAPES, clip_bytes, random_clip
 
@@ -120,7 +120,7 @@ def _memory_batches(s: Setup, sampler: EpochSampler, batch: int):
 
 
 def _loader(ds, sampler, batch: int, pad: int, plan: LoadPlan | None = None) -> DataLoader:
-    """A DataLoader as pipeline.training builds it (collate, and the plan's workers/prefetch when given)."""
+    """A DataLoader as pipeline.train.loop builds it (collate, and the plan's workers/prefetch when given)."""
     kw = plan.loader_kwargs() if plan is not None else {"num_workers": 0}
     return DataLoader(ds, batch_size=batch, sampler=sampler, collate_fn=functools.partial(collate, pad_id=pad), **kw)
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--clips must be at least --batch")
     torch.set_num_threads(1)      # collation copies are memory-bound; keep the second core for the OS / workers
     rows = list(range(args.clips))
-    # the plan pipeline.training makes for a store that does not fit: ram_cache_gb=0, num_workers=0 (the default)
+    # the plan pipeline.train.loop makes for a store that does not fit: ram_cache_gb=0, num_workers=0 (the default)
     plan = plan_loading(shapes, rows, ram_cache_gb=0.0, num_workers=0 if args.workers is None else args.workers)
     if plan.in_memory:
         raise AssertionError("plan_loading chose RAM for ram_cache_gb=0; the streaming test would not stream")

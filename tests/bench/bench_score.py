@@ -13,7 +13,7 @@ import argparse
 import random
 import time
 
-from pipeline.scoring import ALL_METRICS, score_captions
+from pipeline.score.coco import ALL_METRICS, score_captions
 
 SUBJECTS = ["a man", "a woman", "an old man", "a young woman", "a boy", "a girl", "two people", "the man"]
 VERBS = ["talks to someone", "looks at the camera", "sits in a car", "walks down the street", "speaks on the phone",
@@ -76,7 +76,7 @@ def main(argv=None) -> dict:
     t_ours = time.perf_counter() - t
     out = {"captions": args.n, "seconds": round(t_ours, 3), "metrics": {k: round(v, 6) for k, v in ours.items()}}
     print(f"score bench: {args.n} captions x 1 reference, BLEU-1..4 + METEOR + ROUGE-L + CIDEr")
-    print(f"  pipeline.scoring.score_captions : {t_ours:6.2f} s   (target < 20 s)")
+    print(f"  pipeline.score.coco.score_captions : {t_ours:6.2f} s   (target < 20 s)")
     if not args.no_baseline:
         t = time.perf_counter()
         ref = coco_baseline(gts, res)

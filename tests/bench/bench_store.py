@@ -1,4 +1,4 @@
-"""Benchmark: the stage-one feature store as shipped (pipeline.store: Zarr v3, one clip per chunk, no
+"""Benchmark: the stage-one feature store as shipped (pipeline.extract.store: Zarr v3, one clip per chunk, no
 compression, a CRC32C checksum appended to every chunk: codecs bytes + crc32c) against the two layouts other
 video captioning projects ship: one .npy file per clip (and per array), and one HDF5 file (one chunked
 dataset per array, one clip per chunk, uncompressed, no checksum, as h5py writes it by default).
@@ -6,7 +6,7 @@ dataset per array, one clip per chunk, uncompressed, no checksum, as h5py writes
 The same random MAFW-shaped clips (784x1024 f16 tokens plus the ER/AU/face arrays) are written in each
 layout, then every clip is read once in a random order: first "cold-ish" (files fsynced and their pages
 dropped from the page cache with POSIX_FADV_DONTNEED; a VM's host may still cache them), then warm.
-The Zarr store is read the way stage two reads it: pipeline.train_data.ClipReader (chunk files read
+The Zarr store is read the way stage two reads it: pipeline.train.data.ClipReader (chunk files read
 directly, checksum verified); the same store read through the zarr API (the path remote stores take) is a
 diagnostic. Figures per layout: read MB/s (uncompressed bytes delivered / seconds), write seconds, files
 created, bytes on disk.
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import StoreShapes, create_store
-from pipeline.train_data import ClipReader   # imported here (it imports torch): not inside a timed read
+from pipeline.extract.store import StoreShapes, create_store
+from pipeline.train.data import ClipReader   # imported here (it imports torch): not inside a timed read
 from tests.bench._util import MAFW_SHAPES, SMALL_SHAPES, clip_bytes, random_clip, sync_and_drop, tree_stats
 
 LAYOUTS = ("zarr", "zarr_api", "npy", "hdf5")
-"""zarr: pipeline.store as shipped (bytes + crc32c), read by ClipReader as stage two does; zarr_api: the same
+"""zarr: pipeline.extract.store as shipped (bytes + crc32c), read by ClipReader as stage two does; zarr_api: the same
 store read through the zarr API (diagnostic: the remote-store path); npy: one file per clip and array; hdf5:
 one file, one dataset per array chunked by clip."""
 

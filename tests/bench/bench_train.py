@@ -17,7 +17,7 @@ import torch
 
 
 def _step(model, opt, batch, tok, tcfg, device):
-    from pipeline.losses import compute_losses, fixed_weights, mask_tokens, total_loss
+    from pipeline.train.losses import compute_losses, fixed_weights, mask_tokens, total_loss
 
     ids, labels = mask_tokens(batch["input_ids"], pad_id=tok.pad_id, special_ids=tok.special_ids, mask_id=tok.mask_id,
                               vocab_size=tok.vocab_size, generator=torch.Generator().manual_seed(0))
@@ -67,12 +67,12 @@ def _peak_mem(device) -> str:
 
 def cached_vs_e2e(steps: int, clips: int) -> dict:
     from pipeline.config import load_config
-    from pipeline.manifest import read_manifest
-    from pipeline.models.ecpa import build_model
-    from pipeline.models.extractors import build_extractors
-    from pipeline.tokenizer import train_wordpiece
-    from pipeline.train_data import CaptionPairs, FeatureSource, collate, match_clips, open_checked_store
-    from pipeline.video import decode_clip
+    from pipeline.data.manifest import read_manifest
+    from pipeline.train.model import build_model
+    from pipeline.extract.networks.extractors import build_extractors
+    from pipeline.train.tokenizer import train_wordpiece
+    from pipeline.train.data import CaptionPairs, FeatureSource, collate, match_clips, open_checked_store
+    from pipeline.extract.video import decode_clip
     from stages import extract
     from stages.plan import plan
 
@@ -120,7 +120,7 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
 
 def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
     from pipeline.config import load_config
-    from pipeline.models.ecpa import ECPA
+    from pipeline.train.model import ECPA
 
     cfg = load_config("mafw")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,6 +1,6 @@
 """Face detectors side by side on the real MAFW clips: `python -m tests.bench.compare_faces [sheet.png]`.
 
-For each detector (pipeline.faces modes 'haar' and 'mtcnn') and clip of ../shared/data/mafw_samples:
+For each detector (pipeline.extract.faces modes 'haar' and 'mtcnn') and clip of ../shared/data/mafw_samples:
 - frames with a face found in that frame (face/source 'detected') among 32 sampled frames at 224 px;
 - hits on the by-eye annotated face regions of tests/pipeline/test_faces.py (8 sampled frames; a hit: the
   box centre inside the region and IoU >= 0.3);
@@ -30,9 +30,9 @@ def _jitter(boxes: np.ndarray) -> tuple[float, float]:
 def compare(samples: Path, sheet: Path | None = None) -> list[dict]:
     import torch
 
-    from pipeline.faces import crop_faces, find_faces
-    from pipeline.store import FACE_SOURCES
-    from pipeline.video import decode_clip
+    from pipeline.extract.faces import crop_faces, find_faces
+    from pipeline.extract.store import FACE_SOURCES
+    from pipeline.extract.video import decode_clip
     from tests.pipeline.test_faces import MAFW_FACES, _mafw_misses
 
     torch.set_num_threads(1)

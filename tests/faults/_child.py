@@ -4,7 +4,7 @@
     python -m tests.faults._child -- ecpa-train --cache ... --set ...
 
 --log    append one line per store write of the extraction runner: `S <index>` before clip <index>'s
-         arrays are written, `D <index>` once its done flag is set (pipeline.extraction.write_clip is
+         arrays are written, `D <index>` once its done flag is set (pipeline.extract.runner.write_clip is
          wrapped; the lines are written unbuffered with O_APPEND, so a SIGKILL loses none that happened).
          This is how the tests count clips computed per run and clips computed twice.
 --fsize  cap the size of any file this process writes (RLIMIT_FSIZE) with SIGXFSZ ignored, so a write
@@ -23,7 +23,7 @@ import sys
 
 
 def _install_log(path: str) -> None:
-    import pipeline.extraction as extraction
+    import pipeline.extract.runner as extraction
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.write(fd, f"P {os.getpid()}\n".encode())

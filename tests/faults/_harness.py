@@ -102,7 +102,7 @@ DEMO_FRAMES = 16
 
 def make_demo(work: Path) -> FaultDemo:
     """Generate the fault dataset once (the demo generator's clips, small and short)."""
-    from pipeline.demo_data import generate
+    from pipeline.data.demo import generate
 
     work.mkdir(parents=True, exist_ok=True)
     demo = FaultDemo(work / "data", work)
@@ -278,7 +278,7 @@ def read_log(path: Path) -> RunLog:
 @contextmanager
 def logged_writes(path: Path):
     """The same write log as the child's --log, for an extraction run in this process."""
-    import pipeline.extraction as extraction
+    import pipeline.extract.runner as extraction
 
     original = extraction.write_clip
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

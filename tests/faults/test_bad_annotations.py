@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.faults._harness import Row, report
-from tests.pipeline.datasets.conftest import touch_videos, write  # the adapters' test helpers
+from tests.pipeline.data.datasets.conftest import touch_videos, write  # the adapters' test helpers
 
 TAB = "\t"
 
@@ -241,7 +241,7 @@ def test_videos_without_ids_are_left_out_with_a_warning(tmp_path, caplog):
     root, cache = tmp_path / "root", tmp_path / "cache"
     sets = generic(root)
     touch_videos(root / "videos", ["stray.mp4"])
-    with caplog.at_level("WARNING", logger="pipeline.manifest"):
+    with caplog.at_level("WARNING", logger="pipeline.data.manifest"):
         res = run_manifest(root, cache, sets)
     assert res.exit_code == 0, res.output
     manifest = (cache / "demo" / "manifest.jsonl").read_text()

@@ -185,7 +185,7 @@ def test_good_clips_unaffected_by_bad_neighbours(bad_run, fault_reference):
 def test_rotation_applied_once(bad_run, decoder):
     """The 'rotated' clip is 144 wide x 96 high with 'rotate 90 degrees clockwise' in its track header:
     upright it is 96 wide x 144 high, the face on top and the plain band (grey 60) at the bottom."""
-    from pipeline.video import decode_clip
+    from pipeline.extract.video import decode_clip
 
     ok = False
     try:
@@ -200,7 +200,7 @@ def test_rotation_applied_once(bad_run, decoder):
 
 MEMORY_PROBE = """
 import re, sys
-from pipeline.video import decode_clip
+from pipeline.extract.video import decode_clip
 import torch  # imported before the baseline, as in the extraction runner
 
 def peak_mb():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over exec)

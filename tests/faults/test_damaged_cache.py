@@ -125,7 +125,7 @@ def _note(damage: str, reader: str, ok: bool) -> None:
 
 
 def _ids(cfg) -> list[str]:
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
 
     return [c.id for c in read_manifest(cfg.manifest_path)]
 

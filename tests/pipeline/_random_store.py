@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import StoreShapes, create_store
+from pipeline.extract.store import StoreShapes, create_store
 
 WORDS = ["a", "man", "woman", "smiles", "frowns", "speaks", "to", "the", "camera", "with", "open", "mouth",
          "wide", "eyes", "raised", "brows", "and", "looks", "down", "sad", "happy", "angry"]

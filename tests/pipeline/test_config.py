@@ -13,7 +13,7 @@ from pipeline.config import (
     section_slice,
 )
 from pipeline.errors import UserError
-from pipeline.manifest import FORMATS
+from pipeline.data.manifest import FORMATS
 
 
 def test_presets_exist():

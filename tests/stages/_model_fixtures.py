@@ -14,7 +14,7 @@ from stages.cli import app
 @pytest.fixture(scope="module")
 def chain(tiny_demo_trained, tiny_demo_sets):
     """(config, run dir, extract dir, {clip id: captions.json entry}, test-split manifest clips)."""
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
     from stages import caption
     from stages.plan import plan
 

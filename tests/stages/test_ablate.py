@@ -1,4 +1,4 @@
-"""`ecpa ablate` (stages/ablate.py + pipeline/ablation.py): the table of Tables IV-VI, rows sharing the extraction."""
+"""`ecpa ablate` (stages/ablate.py + pipeline/chain/ablation.py): the table of Tables IV-VI, rows sharing the extraction."""
 from __future__ import annotations
 
 import csv
@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.ablation import DEFAULT_ROWS, markdown_table, resolve_rows
+from pipeline.chain.ablation import DEFAULT_ROWS, markdown_table, resolve_rows
 from pipeline.errors import UserError
-from pipeline.sweep import SweepPoint
+from pipeline.chain.sweep import SweepPoint
 
 NO_METEOR = ["score.meteor=false"]
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.tokenizer import decoding_length, from_bert_vocab, piece_counts
+from pipeline.train.tokenizer import decoding_length, from_bert_vocab, piece_counts
 
 
 def _mafw_captions(samples) -> list[str]:

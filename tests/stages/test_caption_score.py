@@ -46,7 +46,7 @@ def scored(cfg, captioned):
 
 
 def test_caption_files_cover_the_split_in_coco_format(cfg, captioned):
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
 
     rec, out = captioned
     results = json.loads((out / "captions.json").read_text())
@@ -73,10 +73,10 @@ def test_caption_files_cover_the_split_in_coco_format(cfg, captioned):
 
 def test_captions_equal_an_independent_uncached_decode(cfg, captioned):
     """Re-decode the first clips from the store without the prefix cache: same text, same emotion."""
-    from pipeline.decoding import decode_with_emotion
-    from pipeline.store import open_store
-    from pipeline.train_data import FEATURE_ARRAYS
-    from pipeline.training import load_trained
+    from pipeline.caption.decoding import decode_with_emotion
+    from pipeline.extract.store import open_store
+    from pipeline.train.data import FEATURE_ARRAYS
+    from pipeline.train.loop import load_trained
     from stages.plan import plan
 
     _, out = captioned
@@ -94,7 +94,7 @@ def test_captions_equal_an_independent_uncached_decode(cfg, captioned):
 
 
 def test_caption_reused_when_fresh(cfg, captioned, monkeypatch):
-    from pipeline import decoding
+    from pipeline.caption import decoding
     from stages import caption
 
     rec, out = captioned
@@ -120,7 +120,7 @@ def test_caption_refuses_an_untrained_config(tiny_demo_trained, tiny_demo_sets):
 def test_score_reports_the_training_baselines(cfg, scored):
     from collections import Counter
 
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
 
     _, out = scored
     payload = json.loads((out / "scores.json").read_text())
@@ -172,7 +172,7 @@ def test_score_files(cfg, captioned, scored):
     for r in rows:
         assert r["caption"] == by_clip[r["clip"]]["caption"]
         assert r["emotion_correct"] == str(int(r["emotion_true"] == r["emotion_pred"]))
-    from pipeline.compare import read_scores
+    from pipeline.chain.compare import read_scores
 
     assert read_scores(out)["CIDEr"] == pytest.approx(m["CIDEr"])  # what `ecpa compare` / `ecpa run` read
 
@@ -214,7 +214,7 @@ def test_show_sheet_draws_the_stored_face_boxes(cfg, captioned, tmp_path):
     import zarr
 
     from pipeline.records import read_record
-    from pipeline.video import even_subset
+    from pipeline.extract.video import even_subset
     from stages import show
 
     _, out = captioned
@@ -272,14 +272,14 @@ def test_cross_command_end_to_end_on_the_val_split(cfg, tiny_demo_sets, captione
     assert info["protocol"] == "cross" and info["eval_dataset"] == "demo"
     assert info["vocabulary"]["oov_rate"] == 0.0  # val captions come from the same generator as training
     caps = json.loads((pp.caption.out_dir / "captions.json").read_text())
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
 
     assert {c["image_id"] for c in caps} == {c.id for c in read_manifest(cfg.manifest_path) if c.split == "val"}
     assert (pp.score.out_dir / "scores.json").is_file()
 
 
 def test_compare_stores_flags_shapes_and_extractors():
-    from pipeline.store import StoreShapes
+    from pipeline.extract.store import StoreShapes
     from stages.protocols import Compatibility, compare_stores
 
     a = StoreShapes(tokens=784, channels=1024, frames=32, er_dim=2048, emotions=11, au_frames=8, aus=41, au_dim=512)
@@ -307,7 +307,7 @@ def test_compare_emotions_without_labels_and_with_other_classes():
 
 
 def test_vocabulary_coverage_names_unknown_words():
-    from pipeline.tokenizer import train_wordpiece
+    from pipeline.train.tokenizer import train_wordpiece
     from stages.protocols import vocabulary_coverage
 
     tok = train_wordpiece(["a man smiles at the camera", "a woman talks"] * 5, vocab_size=60)
@@ -334,7 +334,7 @@ def test_cross_and_zeroshot_on_another_extracted_dataset(cfg, tiny_demo_sets, tm
         pytest.skip("java not on PATH")
     from typer.testing import CliRunner
 
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
     from stages import extract
     from stages.cli import app
     from stages.protocols import protocol_plan

@@ -84,7 +84,7 @@ def fakes(monkeypatch):
 def demo_root(tmp_path_factory) -> Path:
     """A small demo dataset shared by this module's tests (read-only; each test has its own cache)."""
     from pipeline.config import DataConfig
-    from pipeline.demo_data import generate
+    from pipeline.data.demo import generate
 
     root = tmp_path_factory.mktemp("chain_demo_data")
     generate(root, n_clips=8, seed=0, video_size=DataConfig().demo_video_size)  # as ensure_manifest asks
@@ -496,7 +496,7 @@ def test_compare_shows_metrics_and_only_the_differing_fields(baseline, sets):
 
 
 def test_compare_picks_the_latest_scores_of_a_run(baseline, sets):
-    from pipeline.compare import load_view
+    from pipeline.chain.compare import load_view
 
     later = chain.run_chain(cfg_of(sets, "caption.beam_size=3"), progress=False, echo=None)
     view = load_view(baseline.out_dir("train"))

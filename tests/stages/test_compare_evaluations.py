@@ -43,7 +43,7 @@ def cache(tmp_path):
 
 
 def test_compare_keeps_the_cross_score_out_of_the_in_domain_rows(cache):
-    from pipeline.compare import load_view
+    from pipeline.chain.compare import load_view
     from stages.cli import app
 
     view = load_view(cache / "runs" / TK[:16])

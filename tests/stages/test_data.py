@@ -6,7 +6,7 @@ import json
 from typer.testing import CliRunner
 
 from stages.cli import app
-from tests.pipeline.datasets.conftest import touch_videos, write
+from tests.pipeline.data.datasets.conftest import touch_videos, write
 
 
 def _dataset(root, extra: str = "") -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import demo_fit as D
+from pipeline.extract import demo_fit as D
 from pipeline.config import load_config
 
 
@@ -25,7 +25,7 @@ def fitted(tiny_demo_sets):
 
 
 def _store(cfg):
-    from pipeline.store import open_store
+    from pipeline.extract.store import open_store
     from stages.plan import plan
 
     return open_store(plan(cfg, upto="extract")["extract"].out_dir / "store.zarr")
@@ -66,7 +66,7 @@ def test_fit_is_cached_in_the_originals_layouts_and_keyed_by_its_hashes(fitted, 
 def _top3_hits(cfg, share: bool = False) -> list:
     """Per non-neutral test clip: are all of `ecpa show`'s top-3 AUs among the AUs the clip draws
     (with `share`: for each of the three, is it drawn)?"""
-    from pipeline.manifest import read_manifest
+    from pipeline.data.manifest import read_manifest
     from stages.show import top_aus
 
     g = _store(cfg)

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pipeline.compare import read_scores
+from pipeline.chain.compare import read_scores
 from pipeline.config import load_config
-from pipeline.emotion_metrics import EMOTION_METRICS
+from pipeline.score.emotion import EMOTION_METRICS
 from stages._common import java_available
 
 pytestmark = pytest.mark.skipif(not java_available(), reason="java not on PATH (PTB tokenizer)")
@@ -66,7 +66,7 @@ def test_lexicon_adds_the_four_metrics(tmp_path, caption_dir, lexicon):
     # what `ecpa compare` and the sweep read (a sweep point's metrics are read_scores of its score output)
     scores = read_scores(out)
     assert set(EMOTION_METRICS) <= set(scores)
-    from pipeline.sweep import SweepPoint, write_csv
+    from pipeline.chain.sweep import SweepPoint, write_csv
 
     csv_path = write_csv(tmp_path / "sweep.csv", ["model.top_k"], [SweepPoint({"model.top_k": 3}, {}, scores)])
     header, row = csv_path.read_text().splitlines()

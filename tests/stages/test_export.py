@@ -27,7 +27,7 @@ def test_export_folder_contents(chain, bundle):
     assert names == sorted(["MANIFEST.sha256", "config.yaml", "emotions.txt", "extractors.json", "model.json",
                             "model.safetensors", "tokenizer.json", "caption_pieces.json", "vocab.txt"])
     # decoding as `ecpa caption` does it: the length resolved from the training captions, training pieces only
-    from pipeline.tokenizer import data_length
+    from pipeline.train.tokenizer import data_length
 
     dec = json.loads((bundle / "model.json").read_text())["decoding"]
     assert dec["words_only"] is True
@@ -61,7 +61,7 @@ def test_exported_folder_captions_in_a_fresh_process(chain, bundle):
 
 def test_caption_features_of_stored_arrays(chain, bundle):
     import pipeline
-    from pipeline.store import open_store
+    from pipeline.extract.store import open_store
 
     cfg, run_dir, ex_dir, captions, test = chain
     cap = pipeline.load_captioner(bundle, device="cpu")
@@ -99,7 +99,7 @@ def test_damaged_folder_is_refused(bundle, tmp_path, damage, expect):
 
 
 def test_other_extractor_checkpoints_are_refused(tmp_path):
-    from pipeline.captioner import ExtractorSetup, check_weights
+    from pipeline.caption.captioner import ExtractorSetup, check_weights
     from pipeline.config import ExtractConfig
     from pipeline.records import file_sha256
 

@@ -15,7 +15,7 @@ def _sets(cfg_sets):
 
 
 def test_fixture_store_complete(tiny_demo_extracted):
-    from pipeline.store import open_store, validate_store
+    from pipeline.extract.store import open_store, validate_store
 
     p = plan(tiny_demo_extracted, upto="extract")["extract"]
     assert p.status() == "fresh"

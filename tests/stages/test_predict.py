@@ -40,9 +40,9 @@ def test_predict_gives_the_caption_of_ecpa_caption(chain):
 
 def test_predict_features_are_the_stored_ones(chain, monkeypatch):
     """Same settings, same checkpoints (seeded random init here), same code path: bit-identical features."""
-    from pipeline.captioner import Captioner, captioner_from_run
-    from pipeline.store import open_store
-    from pipeline.train_data import FEATURE_ARRAYS
+    from pipeline.caption.captioner import Captioner, captioner_from_run
+    from pipeline.extract.store import open_store
+    from pipeline.train.data import FEATURE_ARRAYS
     from stages.extract import SEED
 
     cfg, run_dir, ex_dir, _, test = chain

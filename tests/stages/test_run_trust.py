@@ -61,7 +61,7 @@ def test_status_and_summaries_name_random_weight_extractors(copied):
 
 
 def test_validation_tie_keeps_the_later_epoch_and_finished_last_pt_is_slim(tmp_path, monkeypatch):
-    from pipeline import training
+    from pipeline.train import loop as training
     from tests.stages.test_train import random_store, tiny_cfg
 
     clips = random_store(tmp_path / "s.zarr", n=10, n_val=2)
@@ -79,7 +79,7 @@ def test_validation_tie_keeps_the_later_epoch_and_finished_last_pt_is_slim(tmp_p
 
 
 def test_finished_run_keeps_a_slim_last_pt_when_best_is_earlier(tmp_path, monkeypatch):
-    from pipeline import training
+    from pipeline.train import loop as training
     from tests.stages.test_train import random_store, tiny_cfg
 
     clips = random_store(tmp_path / "s.zarr", n=10, n_val=2)

@@ -33,7 +33,7 @@ def test_trained_tiny_model_ends_its_captions(tiny_demo_extracted, tiny_demo_set
     ended = [r["ended"] for r in results]
     assert sum(ended) / len(ended) >= 0.95, [r["caption"] for r in results]
     assert rec["counts"]["unended_captions"] == ended.count(False)
-    from pipeline.scoring import length_stats
+    from pipeline.score.coco import length_stats
 
     gts: dict[str, list[str]] = {}
     for a in refs["annotations"]:
@@ -68,7 +68,7 @@ def test_bf16_autocast_trains_one_epoch_on_the_demo_preset(tiny_demo_extracted, 
     ("au_contrastive", {"mlm", "er", "au_contrastive", "sparse"}),
 ])
 def test_table_vi_rows_train_and_log_under_their_names(tiny_demo_extracted, tiny_demo_sets, ablation, logged):
-    from pipeline.training import ablation_sets
+    from pipeline.train.loop import ablation_sets
     from stages import train
     from stages.plan import plan
 

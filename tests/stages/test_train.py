@@ -10,7 +10,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import CacheMismatchError, UserError
-from pipeline import training
+from pipeline.train import loop as training
 from tests.pipeline._random_store import random_store
 
 TINY = ["model.hidden=32", "model.layers=1", "model.heads=2", "model.intermediate=64", "model.video_proj=16",
