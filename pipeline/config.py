@@ -22,6 +22,9 @@ from pipeline.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
+MANIFEST_FILE = "manifest.jsonl"
+"""cache/<dataset>/manifest.jsonl (pipeline.data.manifest); its home is here because Config.manifest_path names it."""
+
 MAFW_EMOTIONS = [
     "anger", "disgust", "fear", "happiness", "neutral", "sadness",
     "surprise", "contempt", "anxiety", "helplessness", "disappointment",
@@ -301,7 +304,7 @@ class Config:
 
     @property
     def manifest_path(self) -> Path:
-        return self.cache_dir / "manifest.jsonl"
+        return self.cache_dir / MANIFEST_FILE
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,10 +18,12 @@ a terminal). Without either, nothing is shown.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 EVERY_S = 60.0
 """Seconds between plain progress lines at most (unattended runs)."""
@@ -150,3 +152,26 @@ def quiet(what: str, total: int, **kw) -> Progress:
     """A Progress that only counts (tests, library calls without a command around them)."""
     kw.pop("emit", None), kw.pop("console", None)
     return Progress(what, total, **kw)
+
+
+def _silent(_text: str) -> None:
+    return None
+
+
+@dataclass
+class Reporter:
+    """Where a library call's words go. The library never prints: a command passes one of these
+    (stages/_common.reporter), tests and quiet callers take the default, which shows nothing.
+    Texts may carry rich markup ('[yellow]note:[/] ...'); a plain sink can strip it."""
+
+    progress: Callable[..., Progress] = quiet
+    """progress(what, total, *, enabled=True, **kw) -> a Progress (a live bar, plain lines, or counting only)."""
+    line: Callable[[str], None] = _silent
+    """What a run did: stage lines ('train: run (...)'), to stdout."""
+    note: Callable[[str], None] = _silent
+    """Diagnostics: warnings and notes, to stderr."""
+    status: Callable[[str], ContextManager] = lambda _text: contextlib.nullcontext()
+    """A spinner around a step without a count (scoring)."""
+
+    def bar(self, what: str, total: int, *, enabled: bool = True, **kw) -> Progress:
+        return self.progress(what, total, enabled=enabled, **kw) if enabled else quiet(what, total, **kw)

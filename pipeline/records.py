@@ -164,9 +164,9 @@ def status_of(out_dir: Path, key: str) -> str:
 
 # ---- content hashes of inputs ------------------------------------------------------------------
 
-def file_sha256(path: Path, memo_dir: Path | None = None) -> str:
+def file_sha256(path: Path, memo_dir: Path | None = None, write_memo: bool = True) -> str:
     """sha256 of a file; memoised by (absolute path, size, mtime) in `memo_dir/hashes.json` when given,
-    so big checkpoints are hashed once, not on every `ecpa status`."""
+    so big checkpoints are hashed once, not on every `ecpa status` (`write_memo=False`: read the memo only)."""
     path = Path(path)
     st = path.stat()
     ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -184,7 +184,7 @@ def file_sha256(path: Path, memo_dir: Path | None = None) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     digest = h.hexdigest()
-    if memo_file:
+    if memo_file and write_memo:
         memo[ident] = digest
         atomic_write_text(memo_file, json.dumps(memo, indent=1))
     return digest

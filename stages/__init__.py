@@ -1,7 +1,5 @@
-"""Runnable stages (extract, train, caption, score), the chain that links them, and the `ecpa` CLI.
+"""The `ecpa` commands: one thin module per command (parse options, call the library in pipeline/, print).
 
-Each stage module declares `VERSION` (bump it when what the stage computes changes: that
-invalidates its outputs and everything downstream) and `config_slice(cfg)` (exactly the config
-fields it reads: its key hashes these and nothing else), and exposes `run(cfg, ...)`.
-Heavy libraries (torch, zarr) are imported inside `run`, so `ecpa status` stays fast.
+The stage bodies, the chain, its keys and its records live in the library (pipeline/<stage>/stage.py,
+pipeline/chain/); nothing in pipeline/ imports this package.
 """

@@ -88,10 +88,10 @@ from pipeline.score.coco import JAVA_HINT, java_available  # noqa: E402,F401  (o
 def random_extractors(cfg: Config | None = None, caption_dir: Path | None = None) -> list[str]:
     """The extractors whose weights were random for the features behind `cfg` (its extract config) or behind a
     caption output (the store its record names, whose extract record lists the weights)."""
+    from pipeline.chain.specs import random_weights, weight_provenance
+
     weights: dict = {}
     if cfg is not None:
-        from stages.extract import weight_provenance
-
         weights = weight_provenance(cfg)
     elif caption_dir is not None:
         from pipeline.records import DamagedRecordError, read_record
@@ -103,8 +103,7 @@ def random_extractors(cfg: Config | None = None, caption_dir: Path | None = None
         except DamagedRecordError:
             ex = None
         weights = ((ex or {}).get("extra") or {}).get("weights") or {}
-    order = {"er": 0, "au": 1, "swin": 2}
-    return sorted((k for k, v in weights.items() if v == "random-init"), key=lambda k: (order.get(k, 9), k))
+    return random_weights(weights)
 
 
 def random_note(names: list[str]) -> str:
@@ -119,3 +118,19 @@ def print_random_note(names: list[str]) -> None:
     note = random_note(names)
     if note:
         out.print(f"[bold yellow]{note}[/]", highlight=False)
+
+
+def reporter(show_progress: bool = True):
+    """The pipeline.progress.Reporter of a command: stage lines to stdout, notes to stderr, progress as
+    `progress` above (counting only when `show_progress` is off, and then no spinners either)."""
+    import contextlib
+
+    from pipeline.progress import Reporter, quiet
+
+    return Reporter(
+        progress=progress if show_progress else quiet,
+        line=lambda text: out.print(text, highlight=False, soft_wrap=True),
+        note=lambda text: console.print(text, highlight=False, soft_wrap=True),
+        status=(lambda text: console.status(text, spinner="dots")) if show_progress
+        else (lambda _text: contextlib.nullcontext()),
+    )

@@ -1,337 +1,36 @@
-"""The chain: `ecpa run`, `ecpa status`, `ecpa sweep`, `ecpa compare`.
+"""The chain commands: `ecpa run`, `ecpa status`, `ecpa sweep`, `ecpa compare`.
 
-`ecpa run` walks extract -> train -> caption -> score for one config. A stage whose key already has
-a complete output (its `stage.json`) is reused; any other stage runs, through the stage module's
-own `run(cfg, force=, progress=)` (the stage contract), so the chain adds no second way to compute
-anything. Keys come from `stages.plan.plan`, the one place they are computed.
-
-Why a stage runs is told by comparison with the nearest earlier output of the same stage in the
-same cache (the sibling whose recorded config slice, parents and code version differ the least, counted
-field by field and parent by parent, the newest on a tie; for caption and score, only outputs on the same
-dataset and split, in-domain):
-"train: run (changed since runs/ab12...: model.top_k 3 -> 4)", "upstream changed: extract key",
-"code version 1 -> 2".
-
-A sweep is a grid of ordinary chain runs (pipeline.chain.sweep does the grid, CSV and plot), so the
-points share whatever their keys share (usually the extraction), and rerunning a sweep reuses
-every finished point.
+Each parses its options, prepares the chain's inputs once (`ecpa status`: reads them without writing anything),
+plans once, calls the library (pipeline.chain.run, .sweep, .compare) and prints. A sweep is a grid of
+ordinary chain runs (pipeline.chain.sweep does the grid, CSV and plot), so the points share whatever their
+keys share (usually the extraction), and rerunning a sweep reuses every finished point.
 """
 from __future__ import annotations
 
-import importlib
 import json
-import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.config import SECTIONS, Config, DataConfig
-from pipeline.errors import UserError
-from pipeline.records import DamagedRecordError, diff_configs, read_record, short
-from stages._common import (CacheOpt, PresetOpt, SetOpt, console, out, print_random_note, random_extractors,
+from pipeline.chain.freshness import abbrev, fmt, rel
+from pipeline.chain.layout import RECORD_NAME, sweep_dir
+from pipeline.chain.plan import prepare, read_inputs
+from pipeline.chain.run import ChainResult, chain_status, run_chain
+from pipeline.chain.specs import STAGES
+from pipeline.config import DataConfig
+from pipeline.records import read_record, short
+from stages._common import (CacheOpt, PresetOpt, SetOpt, out, print_random_note, random_extractors, reporter,
                             resolve_config, user_errors)
-from stages.plan import StagePlan, plan
-
-STAGES = ["extract", "train", "caption", "score"]
-
-SIBLINGS = {
-    "extract": "features/*",
-    "train": "runs/*",
-    "caption": "runs/*/captions/*",
-    "score": "runs/*/captions/*/scores/*",
-}
-"""Where earlier outputs of each stage live, relative to cache/<dataset>/ (the DESIGN.md layout)."""
 
 STATUS_STYLE = {"fresh": "green", "stale": "yellow", "missing": "red", "partial": "magenta", "damaged": "bold red"}
 
 
-def stage_module(name: str):
-    """stages.<name>, looked up at call time (so a patched `run` or `VERSION` is what the chain uses)."""
-    return importlib.import_module(f"stages.{name}")
-
-
-# ---- why a stage is (not) fresh ------------------------------------------------------------------
-
-@dataclass
-class Why:
-    """A stage's state for one config, and the reason in words."""
-
-    status: str
-    """fresh, stale (an earlier output exists, for other inputs), missing (none at all), partial
-    (this key's folder without a record: unfinished, resumable) or damaged (unreadable record)."""
-    changes: list[str] = field(default_factory=list)
-    """What differs from `nearest`: 'model.top_k 3 -> 4', 'upstream changed: extract key', 'code version 1 -> 2'."""
-    nearest: Path | None = None
-    """The earlier output of this stage compared against (stale only)."""
-    detail: str = ""
-    """The reason for the other states."""
-
-    def text(self, cache_dir: Path) -> str:
-        if self.status == "stale" and self.nearest is not None:
-            where = _abbrev(_rel(self.nearest, cache_dir))
-            return f"changed since {where}: {'; '.join(self.changes) or 'no recorded difference'}"
-        return self.detail
-
-
-def _rel(path: Path, base: Path) -> str:
-    try:
-        return str(Path(path).relative_to(base))
-    except ValueError:
-        return str(path)
-
-
-def _abbrev(path: str) -> str:
-    """'runs/ab12cd34ef56ab78/captions/...' -> 'runs/ab12cd34…/captions/...' (folder keys cut to 8 digits)."""
-    return re.sub(r"\b([0-9a-f]{8})[0-9a-f]{8}\b", "\\1…", path)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, str):
-        return v if len(v) <= 24 else v[:12] + "…"
-    if isinstance(v, (list, dict)):
-        text = json.dumps(v, default=str)
-        return text if len(text) <= 40 else text[:37] + "…"
-    return str(v)
-
-
-def _get(d: dict, dotted: str) -> Any:
-    cur: Any = d
-    for part in dotted.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return "<absent>"
-        cur = cur[part]
-    return cur
-
-
-def _field_prefix(stage: str, config: dict) -> str:
-    """Slices nested by section ({'model': {...}, 'train': {...}}) name fields fully already;
-    flat slices get the stage's section as prefix ('num_frames' -> 'extract.num_frames')."""
-    nested = bool(config) and all(k in SECTIONS and isinstance(v, dict) for k, v in config.items())
-    return "" if nested else f"{stage}."
-
-
-def changes_between(stage: str, old: dict, p: StagePlan) -> list[str]:
-    """The differences between an earlier record `old` and the plan `p` of the same stage, in words."""
-    prefix = _field_prefix(stage, p.config)
-    out = [
-        f"{prefix}{name} {_fmt(_get(old.get('config', {}), name))} -> {_fmt(_get(p.config, name))}"
-        for name in diff_configs(old.get("config", {}), p.config)
-    ]
-    old_parents = old.get("parents", {})
-    moved = sorted(k for k in set(old_parents) | set(p.parents) if old_parents.get(k) != p.parents.get(k))
-    if moved:
-        out.append("upstream changed: " + ", ".join(f"{k} key" for k in moved))
-    if str(old.get("version")) != str(p.version):
-        out.append(f"code version {old.get('version')} -> {p.version}")
-    return out
-
-
-def earlier_outputs(cfg: Config, stage: str) -> list[tuple[Path, dict]]:
-    """Every complete output of `stage` in this config's cache, with its record (damaged ones skipped:
-    they cannot be compared, and `status` reports them where they matter)."""
-    out = []
-    for d in sorted(cfg.cache_dir.glob(SIBLINGS[stage])):
-        try:
-            rec = read_record(d)
-        except DamagedRecordError:
-            continue
-        if rec is not None and rec.get("stage") == stage:
-            out.append((d, rec))
-    return out
-
-
-def explain(cfg: Config, p: StagePlan) -> Why:
-    """Fresh, or why not: compared with the nearest earlier output of the same stage."""
-    status = p.status()
-    if status == "fresh":
-        return Why("fresh", detail=_rel(p.out_dir, cfg.cache_dir))
-    if status == "partial":
-        return Why("partial", detail=f"unfinished output in {_rel(p.out_dir, cfg.cache_dir)} (no stage.json yet); running resumes it")
-    if status == "damaged":
-        return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json is unreadable; running rebuilds it")
-    if status == "changed":  # extract: same key, other videos (pipeline.data.fingerprint)
-        from stages.extract import clip_summary, clip_summary_text
-
-        c = clip_summary(p)
-        what = clip_summary_text(c) if c else "the videos changed"
-        return Why("stale", detail=f"videos added, replaced or removed since the record ({what}); "
-                                   "running extracts only those clips, in the same store")
-    if status == "stale":  # a record for another key in this key's folder (16-digit prefix clash)
-        return Why("damaged", detail=f"{_rel(p.out_dir, cfg.cache_dir)}/stage.json holds another key; running rebuilds it")
-    candidates = []
-    for d, rec in earlier_outputs(cfg, p.name):
-        if not same_evaluation(cfg, p, d):
-            continue
-        ch = changes_between(p.name, rec, p)
-        candidates.append((distance(rec, p), -float(rec.get("created", 0) or 0), d, ch))
-    if not candidates:
-        on = f" on {cfg.data.name} {cfg.caption.split}" if p.name in ("caption", "score") else ""
-        return Why("missing", detail=f"no earlier output{on}")
-    _, _, nearest, ch = min(candidates, key=lambda c: (c[0], c[1]))
-    return Why("stale", changes=ch, nearest=nearest)
-
-
-def distance(old: dict, p: StagePlan) -> int:
-    """How much an earlier record differs from the plan: differing config fields + differing parent keys
-    (each counted) + 1 for another code version. Ties go to the newest output."""
-    old_parents = old.get("parents", {})
-    parents = sum(old_parents.get(k) != p.parents.get(k) for k in set(old_parents) | set(p.parents))
-    return (len(diff_configs(old.get("config", {}), p.config)) + parents
-            + int(str(old.get("version")) != str(p.version)))
-
-
-def same_evaluation(cfg: Config, p: StagePlan, out_dir: Path) -> bool:
-    """Caption and score outputs compare only with outputs on the same dataset and split, in-domain: a
-    cross-dataset or zero-shot output of a run is never the 'nearest' of an in-domain one."""
-    if p.name not in ("caption", "score"):
-        return True
-    from pipeline.chain.compare import evaluation_of
-
-    cap_dir = out_dir if p.name == "caption" else out_dir.parent.parent
-    try:
-        cap = read_record(cap_dir)
-    except DamagedRecordError:
-        return False
-    e = evaluation_of(cap_dir, cap)
-    return e.protocol == "in-domain" and e.dataset == cfg.data.name and e.split == cfg.caption.split
-
-
-def store_damage(cfg: Config, p: StagePlan, full: bool = False) -> Why | None:
-    """For a fresh extract record: is the store it vouches for still intact? None when it is (or when the record
-    names no store), else a 'damaged' Why naming the clips and the repair. The cheap check stats the chunk files
-    of every done clip and reads the done flags; `full` also decodes every chunk with its checksum
-    (pipeline.extract.integrity)."""
-    from pipeline.errors import CacheMismatchError
-    from pipeline.extract.integrity import check_store, clip_ids_of, describe
-    from pipeline.extract.store import open_store
-
-    rec = read_record(p.out_dir)
-    if rec is None or "store" not in (rec.get("extra") or {}):
-        return None
-    store = p.out_dir / "store.zarr"
-    where = _rel(store, cfg.cache_dir)
-    repair = "run `ecpa extract --verify` to recompute the damaged clips"
-    if not (store / "zarr.json").exists():
-        return Why("damaged", detail=f"damaged: {where} is missing although stage.json says it is complete; {repair}")
-    try:
-        g = open_store(store)
-        bad = check_store(g, store, full=full)
-    except (CacheMismatchError, OSError, ValueError, KeyError) as e:
-        return Why("damaged", detail=f"damaged: {where} cannot be read ({type(e).__name__}: {e}); {repair}")
-    if not bad:
-        return None
-    ids = clip_ids_of(g)
-    return Why("damaged", detail=f"damaged: {where}: {describe(bad, ids)}; {repair}")
-
-
-# ---- the chain -----------------------------------------------------------------------------------
-
-@dataclass
-class StageOutcome:
-    name: str
-    key: str
-    out_dir: Path
-    action: str
-    """reused, run, or failed."""
-    why: Why
-    seconds: float = 0.0
-
-
-@dataclass
-class ChainResult:
-    cfg: Config | None = None
-    outcomes: list[StageOutcome] = field(default_factory=list)
-    scores: dict[str, float] = field(default_factory=dict)
-
-    def action(self, stage: str) -> str | None:
-        return next((o.action for o in self.outcomes if o.name == stage), None)
-
-    @property
-    def ran(self) -> list[str]:
-        return [o.name for o in self.outcomes if o.action == "run"]
-
-    @property
-    def keys(self) -> dict[str, str]:
-        return {o.name: o.key for o in self.outcomes}
-
-    def out_dir(self, stage: str) -> Path | None:
-        return next((o.out_dir for o in self.outcomes if o.name == stage), None)
-
-
 def _echo_default(text: str) -> None:
     out.print(text, highlight=False, soft_wrap=True)
-
-
-def run_chain(
-    cfg: Config,
-    *,
-    upto: str = "score",
-    force: Iterable[str] = (),
-    progress: bool = True,
-    echo: Callable[[str], None] | None = _echo_default,
-    result: ChainResult | None = None,
-) -> ChainResult:
-    """Run the chain for `cfg` up to `upto`, reusing every stage whose key has a complete output.
-
-    Prints one line per stage (reused/run and why). `force` names stages to recompute even when
-    fresh. Fills and returns `result` (pass one in to keep what finished when a stage raises)."""
-    if upto not in STAGES:
-        raise UserError(f"--upto {upto!r}: expected one of {', '.join(STAGES)}")
-    force = set(force)
-    unknown = force - set(STAGES)
-    if unknown:
-        raise UserError(f"--force {', '.join(sorted(unknown))}: expected stage names ({', '.join(STAGES)})")
-    say = echo or (lambda _t: None)
-    result = result if result is not None else ChainResult()
-    result.cfg = cfg
-    plans = plan(cfg, upto=upto)
-    for name in STAGES[: STAGES.index(upto) + 1]:
-        p = plans[name]
-        why = explain(cfg, p)
-        repair = False
-        if name == "extract" and why.status == "fresh":
-            # what `ecpa status` checks (records, chunk files, done flags; the checksums stay with --verify):
-            # a record alone never makes a damaged store "reused"
-            damage = store_damage(cfg, p)
-            repair = damage is not None
-            why = damage or why
-        where = escape(_rel(p.out_dir, cfg.cache_dir))
-        if why.status == "fresh" and name not in force:
-            result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
-            say(f"[green]{name}: reused[/] ({where})")
-            continue
-        reason = "forced" if why.status == "fresh" else escape(why.text(cfg.cache_dir))
-        say(f"[bold cyan]{name}: run[/] ({reason}{' - doing that now' if repair else ''})")
-        outcome = StageOutcome(name, p.key, p.out_dir, "failed", why)
-        result.outcomes.append(outcome)
-        run = getattr(stage_module(name), "run", None)
-        if run is None:
-            raise UserError(f"stage {name} has no run() yet; it cannot be chained")
-        t0 = time.perf_counter()
-        try:
-            if repair:
-                run(cfg, force=name in force, progress=progress, verify=True)   # recomputes the damaged clips
-            else:
-                run(cfg, force=name in force, progress=progress)
-        finally:
-            outcome.seconds = time.perf_counter() - t0
-        if p.status() != "fresh":
-            raise RuntimeError(
-                f"stages.{name}.run returned but {p.out_dir} holds no complete record for key {short(p.key)} "
-                "(a stage must write its stage.json last, for the key plan() gives)"
-            )
-        outcome.action = "run"
-        say(f"[green]{name}: done[/] in {outcome.seconds:.1f}s ({where})")
-    if "score" in plans:
-        from pipeline.chain.compare import read_scores
-
-        result.scores = read_scores(plans["score"].out_dir)
-    return result
 
 
 def _scores_table(scores: dict[str, float], title: str = "scores") -> Table:
@@ -354,7 +53,7 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
         t.add_column(col, justify="right" if col == "time" else "left")
     for o in result.outcomes:
         style = {"reused": "green", "run": "cyan", "failed": "bold red"}[o.action]
-        t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(_rel(o.out_dir, base)))
+        t.add_row(o.name, f"[{style}]{o.action}[/]", f"{o.seconds:.1f}s", escape(rel(o.out_dir, base)))
     out.print(t)
     if cfg is not None:
         print_random_note(random_extractors(cfg))
@@ -363,7 +62,7 @@ def print_summary(result: ChainResult, failed: bool = False) -> None:
 
         print_extractor_quality(cfg)
     cap_dir = result.out_dir("caption")
-    cap = read_record(cap_dir) if cap_dir is not None and (cap_dir / "stage.json").is_file() else None
+    cap = read_record(cap_dir) if cap_dir is not None and (cap_dir / RECORD_NAME).is_file() else None
     if cap and (cap.get("extra") or {}).get("max_length_from"):
         ex = cap["extra"]
         out.print(f"caption max length {ex['max_length_from']}; vocabulary: {ex.get('vocabulary')}", highlight=False)
@@ -401,37 +100,13 @@ def run_command(
     result = ChainResult(cfg=cfg)
     t0 = time.perf_counter()
     try:
-        run_chain(cfg, upto=upto, force=force or (), progress=progress, result=result)
+        run_chain(cfg, prepare(cfg), upto=upto, force=force or (), reporter=reporter(progress), result=result)
     except BaseException:
         if result.outcomes:
             print_summary(result, failed=True)
         raise
     print_summary(result)
     out.print(f"[green]chain done[/] in {time.perf_counter() - t0:.1f}s", highlight=False)
-
-
-def chain_status(cfg: Config, upto: str = "score", verify: bool = False) -> list[dict]:
-    """One dict per stage: stage, key, short, dir, status, reason, changes. A fresh extraction's store is
-    checked too (`store_damage`: chunk files and done flags; with `verify`, every chunk's checksum), so a
-    damaged store shows as 'damaged' rather than trusting stage.json alone."""
-    rows = []
-    random = random_extractors(cfg)   # every stage of this chain stands on these features
-    for name, p in plan(cfg, upto=upto).items():
-        why = explain(cfg, p)
-        clips = None
-        if name == "extract":
-            from stages.extract import clip_summary
-
-            if why.status == "fresh":
-                why = store_damage(cfg, p, full=verify) or why
-            clips = clip_summary(p)
-        rows.append({
-            "stage": name, "key": p.key, "short": short(p.key), "dir": str(p.out_dir), "status": why.status,
-            "reason": why.text(cfg.cache_dir), "changes": why.changes,
-            "nearest": str(why.nearest) if why.nearest else None, "random_weights": random,
-            **({"clips": clips} if clips else {}),
-        })
-    return rows
 
 
 @user_errors
@@ -443,14 +118,21 @@ def status_command(
     verify: Annotated[bool, typer.Option("--verify", help="Read every chunk of the feature store and check its checksum (slow on a large store; without it only chunk files and done flags are checked).")] = False,
 ) -> None:
     cfg = resolve_config(preset, set, cache)
-    rows = chain_status(cfg, verify=verify)
+    inputs = read_inputs(cfg)   # nothing is written: no manifest, no memo, no demo data, no fitting
+    rows = chain_status(cfg, inputs, verify=verify)
+    todo = None if inputs is not None else (f"the {cfg.data.name} dataset is not generated yet under "
+                                            f"{cfg.data.root}: `ecpa run` (or `ecpa demo-data`) makes it")
     if json_out:
-        print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "stages": rows}, indent=2))
+        print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "stages": rows,
+                          **({"todo": todo} if todo else {})}, indent=2))
+        return
+    if todo:
+        out.print(f"{cfg.preset}: {escape(str(cfg.cache_dir))}: nothing planned yet; {escape(todo)}", highlight=False)
         return
     t = Table(title=f"{cfg.preset}: {cfg.cache_dir}", title_justify="left")
     for col in ("stage", "key", "status", "folder", "why"):
         t.add_column(col, overflow="fold", no_wrap=col in ("stage", "key", "status"))
-    from stages.extract import clip_summary_text
+    from pipeline.chain.freshness import clip_summary_text
 
     for r in rows:
         style = STATUS_STYLE.get(r["status"], "white")
@@ -459,10 +141,16 @@ def status_command(
             why.append(clip_summary_text(r["clips"]))
         if r["random_weights"]:
             why.append(f"RANDOM WEIGHTS: {', '.join(r['random_weights'])}")
-        t.add_row(r["stage"], r["short"], f"[{style}]{r['status']}[/]", escape(_abbrev(_rel(Path(r["dir"]), cfg.cache_dir))),
+        t.add_row(r["stage"], r["short"], f"[{style}]{r['status']}[/]", escape(abbrev(rel(Path(r["dir"]), cfg.cache_dir))),
                   escape("; ".join(why)))
     out.print(t)
     print_random_note(rows[0]["random_weights"] if rows else [])
+
+
+def _sweep_reporter(progress: bool, echo: Callable[[str], None] | None):
+    rep = reporter(progress)
+    rep.line = echo or (lambda _t: None)
+    return rep
 
 
 def run_sweep(
@@ -486,12 +174,12 @@ def run_sweep(
     points = expand_grid(grid)
     # resolve every point first: a bad value stops the sweep before anything runs
     cfgs = [resolve_config(preset, list(sets or []) + [f"{k}={v}" for k, v in pt.items()], cache) for pt in points]
-    out_dir = base.cache_dir / "sweeps" / (name or default_name(grid))
+    out_dir = sweep_dir(base.cache_dir, name or default_name(grid))
     done: list[SweepPoint] = []
     for i, (pt, cfg) in enumerate(zip(points, cfgs), 1):
         desc = ", ".join(f"{k}={v}" for k, v in pt.items())
         say(f"[bold]sweep point {i}/{len(points)}[/]: {escape(desc)}")
-        res = run_chain(cfg, progress=progress, echo=echo)
+        res = run_chain(cfg, prepare(cfg), reporter=_sweep_reporter(progress, echo))
         values = {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields_}
         done.append(SweepPoint(values, res.keys, res.scores, {o.name: o.action for o in res.outcomes},
                                {"dataset": cfg.data.name, "split": cfg.caption.split}))
@@ -575,7 +263,7 @@ def compare_command(
     t.add_section()
     flats = [v.fields() for v in views]
     for n in diff:
-        t.add_row(escape(n), *[escape(_fmt(f.get(n, "<absent>"))) for f in flats])
+        t.add_row(escape(n), *[escape(fmt(f.get(n, "<absent>"))) for f in flats])
     if not diff:
         t.add_row("[dim]config[/]", *["[dim]identical[/]" for _ in views])
     out.print(t)

@@ -60,9 +60,11 @@ def video_fingerprint(video: str | Path, root: str | Path) -> str:
     return f"{rel}|{size}|{content_digest(video, size)}"
 
 
-def clip_fingerprints(clips: Iterable, root: str | Path, memo_dir: str | Path | None = None) -> dict[str, str]:
+def clip_fingerprints(clips: Iterable, root: str | Path, memo_dir: str | Path | None = None,
+                      write_memo: bool = True) -> dict[str, str]:
     """clip id -> fingerprint for manifest clips (`.id`, `.video`); memoised in `memo_dir/fingerprints.json`
-    by (absolute path, size, mtime_ns) when `memo_dir` is given."""
+    by (absolute path, size, mtime_ns) when `memo_dir` is given. `write_memo=False` reads the memo but never
+    writes it (`ecpa status` changes no file)."""
     root = Path(root).resolve()
     memo_file = Path(memo_dir) / MEMO_NAME if memo_dir else None
     memo: dict[str, list] = {}
@@ -88,7 +90,7 @@ def clip_fingerprints(clips: Iterable, root: str | Path, memo_dir: str | Path | 
             fp = video_fingerprint(path, root)
         fresh[path] = [*ident, fp]
         out[c.id] = fp
-    if memo_file is not None and fresh != memo:
+    if memo_file is not None and write_memo and fresh != memo:
         memo_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(memo_file, json.dumps(fresh, sort_keys=True))
     return out

@@ -124,9 +124,10 @@ def fit_key(cfg) -> str:
 
 
 def fit_dir(cfg) -> Path:
+    from pipeline.chain.layout import EXTRACTORS_DIR
     from pipeline.records import short
 
-    return cfg.cache_dir / "extractors" / short(fit_key(cfg))
+    return cfg.cache_dir / EXTRACTORS_DIR / short(fit_key(cfg))
 
 
 def file_names(cfg) -> dict[str, str]:

@@ -34,7 +34,7 @@ from pipeline.config import ExtractConfig
 from pipeline.extract.faces import crop_faces, find_faces, to_crop_coords
 from pipeline.extract.video import ClipError, decode_clip, even_subset
 
-ERRORS_NAME = "errors.jsonl"
+from pipeline.chain.layout import ERRORS_NAME  # noqa: E402  (one home: the cache layout)
 
 MIN_FRAMES = 8
 """Fewer frames than this in the file: warned (the 32 sampled frames are then mostly repeats)."""
@@ -303,12 +303,7 @@ def write_errors(path: Path, failures: Iterable[dict], done_ids: set[str]) -> li
     return lines
 
 
-def resolve_device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+from pipeline.device import resolve_device  # noqa: E402,F401  (one home: pipeline.device)
 
 
 # ---- one writer per store ------------------------------------------------------------------------

@@ -111,25 +111,7 @@ def check_config(cfg: Config) -> None:
 
 # ------------------------------------------------------------------ devices, precision, distributed
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and torch.cuda.is_available():
-        return torch.device(f"cuda:{local_rank}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name}: no CUDA device here")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = full fp32; bf16 by default on CUDA."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision in ("auto", "bf16"):
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    raise UserError(f"train.precision={precision!r}: auto, bf16, fp16 or fp32")
+from pipeline.device import autocast_dtype, resolve_device, to_device  # noqa: E402,F401  (one home)
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -342,10 +324,6 @@ def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, devi
                                  meteor=False, ptb=False))
     scores["emotion_acc"] = correct / total if total else None
     return scores, res
-
-
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------ the loop

@@ -27,21 +27,12 @@ from pipeline.extract.networks.resnet_er import IMAGENET_MEAN, IMAGENET_STD, bui
 from pipeline.extract.networks.video_swin import (
     KINETICS_MEAN, KINETICS_STD, SWIN_BUILDERS, forward_tokens, load_video_swin, token_grid,
 )
+from pipeline.device import autocast_dtype  # one home: pipeline.device
 from pipeline.extract.store import StoreShapes
 
 log = logging.getLogger(__name__)
 
 RANDOM_INIT = "random-init"
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `extract.precision` on `device`; None = plain fp32 (always on CPU)."""
-    if precision not in ("auto", *PRECISIONS):
-        raise UserError(f"extract.precision={precision!r}: expected auto, bf16, fp16 or fp32")
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if precision == "auto" else PRECISIONS[precision]
 
 
 def _normalise(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -175,7 +166,7 @@ def build_extractors(
         raise UserError(f"extract.swin={ex.swin!r}: expected one of {', '.join(SWIN_BUILDERS)}")
     if ex.au_model not in ANFL_BUILDERS:
         raise UserError(f"extract.au_model={ex.au_model!r}: expected one of {', '.join(ANFL_BUILDERS)}")
-    amp = autocast_dtype(ex.precision, device)
+    amp = autocast_dtype(ex.precision, device, what="extract.precision", on_cpu=False)
     paths = None if ex.random_init else resolve_weights(ex)  # before the (slow) builds: fail fast
 
     er = _seeded(lambda: build_resnet_er(num_emotions, ex.er_model), seed)
