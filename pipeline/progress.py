@@ -174,4 +174,4 @@ class Reporter:
     """A spinner around a step without a count (scoring)."""
 
     def bar(self, what: str, total: int, *, enabled: bool = True, **kw) -> Progress:
-        return self.progress(what, total, enabled=enabled, **kw) if enabled else quiet(what, total, **kw)
+        return self.progress(what, total, **kw) if enabled else quiet(what, total, **kw)

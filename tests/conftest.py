@@ -84,16 +84,16 @@ def tiny_demo_cfg(tiny_demo_sets):
 @pytest.fixture(scope="session")
 def tiny_demo_extracted(tiny_demo_cfg):
     """The tiny demo with stage one done (demo clips generated, manifest and store written)."""
-    from stages import extract
+    from pipeline.extract import stage as extract
 
-    extract.run(tiny_demo_cfg, progress=False)
+    extract.run(tiny_demo_cfg)
     return tiny_demo_cfg
 
 
 @pytest.fixture(scope="session")
 def tiny_demo_trained(tiny_demo_extracted):
     """The tiny demo with stage two done too."""
-    from stages import train
+    from pipeline.train import stage as train
 
-    train.run(tiny_demo_extracted, progress=False)
+    train.run(tiny_demo_extracted)
     return tiny_demo_extracted

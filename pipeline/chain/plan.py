@@ -151,3 +151,8 @@ def read_inputs(cfg: Config) -> PlanInputs | None:
         return None
     clips = manifest.build_manifest(cfg, [])
     return _inputs(cfg, clips, manifest.content_hash(clips, Path(cfg.data.root)), write_memo=False)
+
+
+def prepare_and_plan(cfg: Config, upto: str = "score") -> dict[str, StagePlan]:
+    """`plan(cfg, prepare(cfg), upto)`: for a library caller or a test that plans one config once."""
+    return plan(cfg, prepare(cfg), upto=upto)

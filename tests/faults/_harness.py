@@ -111,7 +111,7 @@ def make_demo(work: Path) -> FaultDemo:
 
 
 def extract_dir(cfg) -> Path:
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     return plan(cfg, upto="extract")["extract"].out_dir
 

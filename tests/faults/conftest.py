@@ -29,11 +29,11 @@ def fault_demo(tmp_path_factory) -> FaultDemo:
 @pytest.fixture(scope="session")
 def fault_reference(fault_demo) -> Reference:
     """An uninterrupted extraction of the fault dataset (in this process)."""
-    from stages import extract
+    from pipeline.extract import stage as extract
 
     cache = fault_demo.cache("reference")
     cfg = fault_demo.cfg(cache)
-    rec = extract.run(cfg, progress=False)
+    rec = extract.run(cfg)
     store = store_path(cfg)
     arrays = read_arrays(store)
     assert arrays["done"].all(), "the reference extraction must finish every clip"

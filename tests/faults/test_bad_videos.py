@@ -56,7 +56,7 @@ def _is_root() -> bool:
 @pytest.fixture(scope="module")
 def bad_run(fault_reference, tmp_path_factory) -> BadRun:
     from pipeline.config import load_config
-    from stages import extract
+    from pipeline.extract import stage as extract
 
     demo = fault_reference.demo
     root = tmp_path_factory.mktemp("badvideos")
@@ -82,7 +82,7 @@ def bad_run(fault_reference, tmp_path_factory) -> BadRun:
     cfg = load_config("demo", demo.sets(cache, f"data.root={root}", "data.format=generic", "data.name=bad",
                                         "data.check_videos=false", "data.val_fraction=0"))
     try:
-        rec = extract.run(cfg, progress=False)
+        rec = extract.run(cfg)
     finally:
         for kind in kinds:
             if kind == "unreadable":

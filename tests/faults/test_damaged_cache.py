@@ -152,7 +152,7 @@ def test_status_shows_damaged(damaged, request):
 @pytest.mark.parametrize("damaged", DAMAGE_PARAMS, indirect=True)
 def test_training_refuses_damaged_cache(damaged, request):
     from pipeline.errors import CacheMismatchError, UserError
-    from stages import train
+    from pipeline.train import stage as train
 
     cfg, store, rows = damaged
     ok = False
@@ -160,7 +160,7 @@ def test_training_refuses_damaged_cache(damaged, request):
         cfg.train.epochs = 1
         expected = CacheMismatchError if rows else UserError
         with pytest.raises(expected) as err:
-            train.run(cfg, progress=False)
+            train.run(cfg)
         msg = str(err.value)
         ids = _ids(cfg)
         assert "ecpa extract" in msg, f"the message does not name the repair: {msg}"
@@ -187,7 +187,7 @@ def test_extract_verify_repairs_only_damaged_clips(damaged, fault_reference, req
         assert computed == sorted(rows), f"recomputed rows {computed}, expected exactly the damaged {rows}"
         diffs = differing_clips(store, fault_reference.arrays)
         assert diffs == {}, f"after the repair the store differs from the reference: {diffs}"
-        from stages.plan import plan
+        from pipeline.chain.plan import prepare_and_plan as plan
 
         assert plan(cfg, upto="extract")["extract"].status() == "fresh"
         ok = True

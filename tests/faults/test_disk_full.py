@@ -67,10 +67,10 @@ def _partial_cache(ref, name: str) -> tuple:
 
 
 def _resume(cfg, log: Path):
-    from stages import extract
+    from pipeline.extract import stage as extract
 
     with logged_writes(log):
-        rec = extract.run(cfg, progress=False)
+        rec = extract.run(cfg)
     return rec, sorted(set(read_log(log).started))
 
 
@@ -191,12 +191,12 @@ def tmpfs_outcome(fault_reference, tmp_path_factory) -> Outcome:
         per_clip = (full - base) / (FAULT_CLIPS - KEEP)
         _mount(mnt, int(base + 3.5 * per_clip) + 4, remount=True)
         before = read_arrays(store)
-        from stages import extract
+        from pipeline.extract import stage as extract
 
         message, tb = "", False
         try:
             with logged_writes(tmp / "full.log"):
-                extract.run(cfg, progress=False)
+                extract.run(cfg)
             code = 0
         except Exception as e:  # what reaches the user: a UserError is clean, anything else a traceback
             from pipeline.errors import UserError

@@ -55,7 +55,7 @@ def kill_sequence(ref, seed: int, kills: int, name: str, extra: tuple[str, ...] 
     """Kill `kills` extraction runs of one cache in turn, then finish it; returns the counts. `extra`:
     more --set overrides (knobs only, e.g. extract.workers=1, so the store is the reference's).
     `first_mid_run`: the first kill waits for a few finished clips (a kill that leaves finished work)."""
-    from stages import extract
+    from pipeline.extract import stage as extract
 
     demo = ref.demo
     cache = demo.cache(name)
@@ -105,7 +105,7 @@ def kill_sequence(ref, seed: int, kills: int, name: str, extra: tuple[str, ...] 
     n_before = 0 if before is None else int(before.sum())
     final_log = logs / "final.log"
     with logged_writes(final_log):
-        rec = extract.run(cfg, progress=False)
+        rec = extract.run(cfg)
     run_logs.append(read_log(final_log))
 
     started = Counter(i for r in run_logs for i in set(r.started))

@@ -19,7 +19,7 @@ EPOCHS = 6
 
 
 def _run_dir(cfg):
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     return plan(cfg, upto="train")["train"].out_dir
 
@@ -39,20 +39,20 @@ def _weights(run_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(fault_reference):
-    from stages import train
+    from pipeline.train import stage as train
 
     demo = fault_reference.demo
     cache = demo.work / "train_uninterrupted"
     copy_cache(fault_reference.cache_root, cache)
     cfg = demo.cfg(cache, f"train.epochs={EPOCHS}")
-    rec = train.run(cfg, progress=False)
+    rec = train.run(cfg)
     return cfg, _run_dir(cfg), rec
 
 
 def kill_train_trial(ref, uninterrupted, seed: int, name: str) -> dict:
     import torch
 
-    from stages import train
+    from pipeline.train import stage as train
 
     demo = ref.demo
     _, ref_dir, _ = uninterrupted
@@ -71,7 +71,7 @@ def kill_train_trial(ref, uninterrupted, seed: int, name: str) -> dict:
     landed = hit and not (run_dir / "stage.json").exists() and killed_at < EPOCHS
     if not hit:
         assert child.wait() == 0, child.output()[-3000:]
-    rec = train.run(cfg, progress=False)
+    rec = train.run(cfg)
     a, b = _weights(ref_dir), _weights(run_dir)
     diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     # a finished run's last.pt holds no optimiser state (nothing left to resume): both must have dropped it

@@ -34,7 +34,7 @@ def _report(name: str, ok: bool) -> None:
 
 def test_second_writer_refused_while_first_runs(fault_reference, tmp_path):
     from pipeline.errors import UserError
-    from stages import extract
+    from pipeline.extract import stage as extract
 
     demo = fault_reference.demo
     cache = demo.cache("two_writers")
@@ -48,7 +48,7 @@ def test_second_writer_refused_while_first_runs(fault_reference, tmp_path):
         done_before = read_done(store)
         second_log = tmp_path / "second.log"
         with logged_writes(second_log), pytest.raises(UserError) as err:
-            extract.run(cfg, progress=False)
+            extract.run(cfg)
         still_running = first.poll() is None
         assert read_log(second_log).started == [], "the refused writer wrote clips"
         msg = str(err.value)

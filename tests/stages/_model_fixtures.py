@@ -15,11 +15,11 @@ from stages.cli import app
 def chain(tiny_demo_trained, tiny_demo_sets):
     """(config, run dir, extract dir, {clip id: captions.json entry}, test-split manifest clips)."""
     from pipeline.data.manifest import read_manifest
-    from stages import caption
-    from stages.plan import plan
+    from pipeline.caption import stage as caption
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     cfg = load_config("demo", tiny_demo_sets)
-    caption.run(cfg, progress=False)
+    caption.run(cfg)
     p = plan(cfg, upto="caption")
     captions = {r["image_id"]: r for r in json.loads((p["caption"].out_dir / "captions.json").read_text())}
     test = [c for c in read_manifest(cfg.manifest_path) if c.split == "test"]

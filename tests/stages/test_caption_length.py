@@ -54,8 +54,8 @@ def mafw_tree(tmp_path, mafw_samples, bert_vocab):
 
 def test_caption_key_hashes_the_resolved_length(mafw_tree, mafw_samples, bert_vocab):
     from pipeline.config import load_config
-    from stages import caption
-    from stages.plan import plan
+    from pipeline.caption import stage as caption
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     cfg = load_config("mafw", mafw_tree)
     assert cfg.caption.max_length == 0                          # the paper presets derive it

@@ -26,10 +26,10 @@ def cfg(tiny_demo_trained, tiny_demo_sets):
 
 @pytest.fixture(scope="module")
 def captioned(cfg):
-    from stages import caption
+    from pipeline.caption import stage as caption
 
-    rec = caption.run(cfg, progress=False)
-    from stages.plan import plan
+    rec = caption.run(cfg)
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     return rec, plan(cfg, upto="caption")["caption"].out_dir
 
@@ -38,10 +38,10 @@ def captioned(cfg):
 def scored(cfg, captioned):
     if not java_available():
         pytest.skip("java not on PATH")
-    from stages import score
-    from stages.plan import plan
+    from pipeline.score import stage as score
+    from pipeline.chain.plan import prepare_and_plan as plan
 
-    rec = score.run(cfg, progress=False)
+    rec = score.run(cfg)
     return rec, plan(cfg, upto="score")["score"].out_dir
 
 
@@ -77,7 +77,7 @@ def test_captions_equal_an_independent_uncached_decode(cfg, captioned):
     from pipeline.extract.store import open_store
     from pipeline.train.data import FEATURE_ARRAYS
     from pipeline.train.loop import load_trained
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     _, out = captioned
     plans = plan(cfg, upto="caption")
@@ -95,7 +95,7 @@ def test_captions_equal_an_independent_uncached_decode(cfg, captioned):
 
 def test_caption_reused_when_fresh(cfg, captioned, monkeypatch):
     from pipeline.caption import decoding
-    from stages import caption
+    from pipeline.caption import stage as caption
 
     rec, out = captioned
     before = (out / "captions.json").stat().st_mtime_ns
@@ -104,17 +104,17 @@ def test_caption_reused_when_fresh(cfg, captioned, monkeypatch):
         raise AssertionError("decoded again although the output is fresh")
 
     monkeypatch.setattr(decoding, "decode_with_emotion", boom)
-    again = caption.run(cfg, progress=False)
+    again = caption.run(cfg)
     assert again["key"] == rec["key"]
     assert (out / "captions.json").stat().st_mtime_ns == before
 
 
 def test_caption_refuses_an_untrained_config(tiny_demo_trained, tiny_demo_sets):
-    from stages import caption
+    from pipeline.caption import stage as caption
 
     other = load_config("demo", tiny_demo_sets + ["train.seed=12345"])
     with pytest.raises(UserError, match="ecpa train"):
-        caption.run(other, progress=False)
+        caption.run(other)
 
 
 def test_score_reports_the_training_baselines(cfg, scored):
@@ -178,15 +178,15 @@ def test_score_files(cfg, captioned, scored):
 
 
 def test_score_without_java_stops_before_writing(cfg, captioned, monkeypatch, tiny_demo_sets):
-    import stages._common
-    from stages import score
-    from stages.plan import plan
+    import pipeline.score.coco
+    from pipeline.score import stage as score
+    from pipeline.chain.plan import prepare_and_plan as plan
 
-    monkeypatch.setattr(stages._common, "java_available", lambda: False)
+    monkeypatch.setattr(pipeline.score.coco, "java_available", lambda: False)
     other = load_config("demo", tiny_demo_sets + ["score.metrics=CIDEr", "score.meteor=false"])
     p = plan(other, upto="score")["score"]
     with pytest.raises(UserError) as e:
-        score.run(other, progress=False)
+        score.run(other)
     assert JAVA_HINT in str(e.value) and "PTB tokenizer" in str(e.value)
     assert not p.out_dir.exists()
 
@@ -241,8 +241,12 @@ def test_top_aus_by_mean_confidence():
 
 
 def test_protocol_keys_equal_the_in_domain_chain(cfg):
-    from stages.plan import plan
-    from stages.protocols import protocol_plan
+    from pipeline.chain.plan import prepare_and_plan as plan
+    from pipeline.chain.protocols import protocol_plan as _protocol_plan
+    from pipeline.chain.plan import prepare
+
+    def protocol_plan(a, b):
+        return _protocol_plan(a, b, prepare(a), prepare(b))
 
     pp = protocol_plan(cfg, cfg)
     plans = plan(cfg, upto="score")
@@ -258,7 +262,11 @@ def test_cross_command_end_to_end_on_the_val_split(cfg, tiny_demo_sets, captione
     from typer.testing import CliRunner
 
     from stages.cli import app
-    from stages.protocols import protocol_plan
+    from pipeline.chain.protocols import protocol_plan as _protocol_plan
+    from pipeline.chain.plan import prepare
+
+    def protocol_plan(a, b):
+        return _protocol_plan(a, b, prepare(a), prepare(b))
 
     sets = [a for s in tiny_demo_sets + NO_METEOR for a in ("--set", s)]
     res = CliRunner().invoke(app, ["cross", "--train-preset", "demo", "--eval-preset", "demo", *sets,
@@ -280,7 +288,7 @@ def test_cross_command_end_to_end_on_the_val_split(cfg, tiny_demo_sets, captione
 
 def test_compare_stores_flags_shapes_and_extractors():
     from pipeline.extract.store import StoreShapes
-    from stages.protocols import Compatibility, compare_stores
+    from pipeline.chain.protocols import Compatibility, compare_stores
 
     a = StoreShapes(tokens=784, channels=1024, frames=32, er_dim=2048, emotions=11, au_frames=8, aus=41, au_dim=512)
     b = StoreShapes(tokens=392, channels=1024, frames=16, er_dim=2048, emotions=11, au_frames=8, aus=41, au_dim=512)
@@ -294,8 +302,8 @@ def test_compare_stores_flags_shapes_and_extractors():
 
 
 def test_compare_emotions_without_labels_and_with_other_classes():
-    from stages.protocols import Compatibility, compare_emotions
-    from stages.score import NO_EMOTION_NOTE
+    from pipeline.chain.protocols import Compatibility, compare_emotions
+    from pipeline.score.stage import NO_EMOTION_NOTE
 
     out = Compatibility()
     compare_emotions(["anger", "happiness"], ["anger", "happiness"], [None, None], out)
@@ -308,7 +316,7 @@ def test_compare_emotions_without_labels_and_with_other_classes():
 
 def test_vocabulary_coverage_names_unknown_words():
     from pipeline.train.tokenizer import train_wordpiece
-    from stages.protocols import vocabulary_coverage
+    from pipeline.chain.protocols import vocabulary_coverage
 
     tok = train_wordpiece(["a man smiles at the camera", "a woman talks"] * 5, vocab_size=60)
     v = vocabulary_coverage(tok, ["a man smiles", "a zebra talks quickly"])
@@ -318,12 +326,12 @@ def test_vocabulary_coverage_names_unknown_words():
 
 
 def test_cross_refuses_missing_eval_features(cfg, tiny_demo_sets, tmp_path):
-    from stages.protocols import run_protocol
+    from pipeline.chain.protocols import run_protocol
 
     other = load_config("demo", tiny_demo_sets + ["data.name=demo_other", "data.demo_clips=6",
                                                   f"data.root={tmp_path / 'other'}"])
     with pytest.raises(UserError, match="ecpa extract --preset demo"):
-        run_protocol(cfg, other, protocol="cross", progress=False)
+        run_protocol(cfg, other, protocol="cross")
 
 
 @pytest.mark.slow
@@ -335,13 +343,17 @@ def test_cross_and_zeroshot_on_another_extracted_dataset(cfg, tiny_demo_sets, tm
     from typer.testing import CliRunner
 
     from pipeline.data.manifest import read_manifest
-    from stages import extract
+    from pipeline.extract import stage as extract
     from stages.cli import app
-    from stages.protocols import protocol_plan
+    from pipeline.chain.protocols import protocol_plan as _protocol_plan
+    from pipeline.chain.plan import prepare
+
+    def protocol_plan(a, b):
+        return _protocol_plan(a, b, prepare(a), prepare(b))
 
     other_sets = [f"data.root={tmp_path / 'other'}", "data.name=demo_other", "data.demo_seed=7"]
     other = load_config("demo", tiny_demo_sets + NO_METEOR + other_sets)
-    extract.run(other, progress=False)
+    extract.run(other)
     sets = [a for s in tiny_demo_sets + NO_METEOR for a in ("--set", s)]
     eval_sets = [a for s in other_sets for a in ("--eval-set", s)]
     for command in ("cross", "zeroshot"):

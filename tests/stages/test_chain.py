@@ -20,8 +20,22 @@ from typer.testing import CliRunner
 from pipeline.config import SECTIONS, load_config
 from pipeline.errors import UserError
 from pipeline.records import StageRecord, read_record, short, write_record
+from pipeline.chain import run as chain_lib
+from pipeline.chain.plan import prepare, read_inputs
+from pipeline.chain.plan import prepare_and_plan as plan
+from pipeline.chain.specs import SPECS
+from pipeline.progress import Reporter
 from stages import chain
-from stages.plan import plan
+
+
+def run_chain(cfg, *, echo=None, **kw):
+    """The chain as `ecpa run` drives it: inputs prepared once, lines to `echo`."""
+    return chain_lib.run_chain(cfg, prepare(cfg), reporter=Reporter(line=echo or (lambda _t: None)), **kw)
+
+
+def chain_status(cfg, **kw):
+    """As `ecpa status` computes it: inputs read without writing anything."""
+    return chain_lib.chain_status(cfg, read_inputs(cfg), **kw)
 
 STAGES = ["extract", "train", "caption", "score"]
 
@@ -42,8 +56,8 @@ class Fakes:
         self.no_record: set[str] = set()
 
     def make(self, stage: str):
-        def run(cfg, *, force: bool = False, progress: bool = True) -> dict:
-            plans = plan(cfg, upto=stage)
+        def run(cfg, plans=None, *, force: bool = False, reporter=None, **_kw) -> dict:
+            plans = plans if plans is not None else plan(cfg, upto=stage)
             p = plans[stage]
             if p.status() == "fresh" and not force:
                 return read_record(p.out_dir)
@@ -76,7 +90,7 @@ class Fakes:
 def fakes(monkeypatch):
     f = Fakes()
     for stage in STAGES:
-        monkeypatch.setattr(f"stages.{stage}.run", f.make(stage), raising=False)
+        monkeypatch.setattr(f"pipeline.{stage}.stage.run", f.make(stage))
     return f
 
 
@@ -127,7 +141,7 @@ def ran_between(before: dict, after: dict) -> list[str]:
 def run_and_see(cfg, lines: list[str] | None = None) -> tuple[list[str], chain.ChainResult]:
     root = Path(cfg.data.cache_root)
     before = records(root)
-    res = chain.run_chain(cfg, progress=False, echo=(lines.append if lines is not None else None))
+    res = run_chain(cfg, echo=(lines.append if lines is not None else None))
     ran = ran_between(before, records(root))
     assert ran == res.ran, "the chain's report disagrees with the records on disk"
     return ran, res
@@ -318,11 +332,11 @@ def test_every_knob_is_unkeyed_and_every_keyed_stage_field_is_keyed(fakes, sets)
 
 
 def test_code_version_bump_invalidates_the_stage_and_downstream(baseline, sets, monkeypatch):
-    from stages import train
+    from pipeline.train import stage as train
 
     old, new = train.VERSION, str(int(train.VERSION) + 1)
-    monkeypatch.setattr("stages.train.VERSION", new)
-    rows = {r["stage"]: r for r in chain.chain_status(cfg_of(sets))}
+    monkeypatch.setattr(SPECS["train"], "version", new)
+    rows = {r["stage"]: r for r in chain_status(cfg_of(sets))}
     assert {s: r["status"] for s, r in rows.items()} == {
         "extract": "fresh", "train": "stale", "caption": "stale", "score": "stale"}
     assert rows["train"]["changes"] == [f"code version {old} -> {new}"]
@@ -335,18 +349,18 @@ def test_code_version_bump_invalidates_the_stage_and_downstream(baseline, sets, 
 
 def test_status_missing_partial_damaged_fresh(fakes, sets):
     cfg = cfg_of(sets)
-    assert [r["status"] for r in chain.chain_status(cfg)] == ["missing"] * 4
+    assert [r["status"] for r in chain_status(cfg)] == ["missing"] * 4
     p = plan(cfg)
     p["extract"].out_dir.mkdir(parents=True)
     (p["extract"].out_dir / "store.zarr").mkdir()
-    assert [r["status"] for r in chain.chain_status(cfg)] == ["partial", "missing", "missing", "missing"]
+    assert [r["status"] for r in chain_status(cfg)] == ["partial", "missing", "missing", "missing"]
     (p["extract"].out_dir / "stage.json").write_text('{"stage": "extract", "ke')  # torn write
-    rows = chain.chain_status(cfg)
+    rows = chain_status(cfg)
     assert rows[0]["status"] == "damaged" and "unreadable" in rows[0]["reason"]
     # the chain rebuilds a damaged or partial output rather than trusting it
     (p["extract"].out_dir / "stage.json").unlink()
     assert run_and_see(cfg)[0] == STAGES
-    assert [r["status"] for r in chain.chain_status(cfg)] == ["fresh"] * 4
+    assert [r["status"] for r in chain_status(cfg)] == ["fresh"] * 4
 
 
 def test_status_command_json_and_table(baseline, sets):
@@ -405,7 +419,7 @@ def test_run_command_fails_non_zero_and_keeps_finished_stages(fakes, sets):
 def test_a_stage_that_writes_no_record_is_a_bug_not_a_success(fakes, sets):
     fakes.no_record.add("caption")
     with pytest.raises(RuntimeError, match="no complete record"):
-        chain.run_chain(cfg_of(sets), progress=False, echo=None)
+        run_chain(cfg_of(sets), echo=None)
 
 
 def test_upto_and_force(fakes, sets):
@@ -413,16 +427,16 @@ def test_upto_and_force(fakes, sets):
     assert ran == ["extract", "train"] and [o.name for o in res.outcomes] == ["extract", "train"]
     root = Path(cfg_of(sets).data.cache_root)
     before = records(root)
-    chain.run_chain(cfg_of(sets), force=["train"], progress=False, echo=None)
+    run_chain(cfg_of(sets), force=["train"], echo=None)
     assert ran_between(before, records(root)) == ["train", "caption", "score"]
     with pytest.raises(UserError, match="expected stage names"):
-        chain.run_chain(cfg_of(sets), force=["trian"], progress=False, echo=None)
+        run_chain(cfg_of(sets), force=["trian"], echo=None)
 
 
 def run_and_see_upto(cfg, upto):
     root = Path(cfg.data.cache_root)
     before = records(root)
-    res = chain.run_chain(cfg, upto=upto, progress=False, echo=None)
+    res = run_chain(cfg, upto=upto, echo=None)
     return ran_between(before, records(root)), res
 
 
@@ -430,7 +444,7 @@ def run_and_see_upto(cfg, upto):
 
 def test_sweep_over_k_shares_the_extraction(fakes, sets):
     lines: list[str] = []
-    out, points = chain.run_sweep("demo", sets, ["model.top_k=1,2,3,4,5"], progress=False, echo=lines.append)
+    out, points = chain.run_sweep("demo", sets, ["model.top_k=1,2,3,4,5"], echo=lines.append)
     root = Path(cfg_of(sets).data.cache_root)
     stages_on_disk = [s for s, _ in records(root).values()]
     assert stages_on_disk.count("extract") == 1
@@ -449,7 +463,7 @@ def test_sweep_over_k_shares_the_extraction(fakes, sets):
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # a rerun reuses every point
     before = records(root)
-    chain.run_sweep("demo", sets, ["model.top_k=1,2,3,4,5"], progress=False, echo=None)
+    chain.run_sweep("demo", sets, ["model.top_k=1,2,3,4,5"], echo=None)
     assert ran_between(before, records(root)) == []
 
 
@@ -479,7 +493,7 @@ def test_sweep_2d_grid_and_cli(fakes, sets):
 def test_compare_shows_metrics_and_only_the_differing_fields(baseline, sets):
     from stages.cli import app
 
-    other = chain.run_chain(cfg_of(sets, "model.top_k=4", "train.seed=7"), progress=False, echo=None)
+    other = run_chain(cfg_of(sets, "model.top_k=4", "train.seed=7"), echo=None)
     cache = cfg_of(sets).cache_dir
     a, b = baseline.out_dir("train"), other.out_dir("train")
     res = CliRunner().invoke(app, ["compare", str(a), b.name[:8], "--cache", str(cache), "--json"])
@@ -498,7 +512,7 @@ def test_compare_shows_metrics_and_only_the_differing_fields(baseline, sets):
 def test_compare_picks_the_latest_scores_of_a_run(baseline, sets):
     from pipeline.chain.compare import load_view
 
-    later = chain.run_chain(cfg_of(sets, "caption.beam_size=3"), progress=False, echo=None)
+    later = run_chain(cfg_of(sets, "caption.beam_size=3"), echo=None)
     view = load_view(baseline.out_dir("train"))
     assert view.score_dir == later.out_dir("score")
     assert view.metrics["CIDEr"] == pytest.approx(fake_metrics(cfg_of(sets, "caption.beam_size=3"))["CIDEr"])
@@ -518,7 +532,7 @@ def test_real_chain_reuses_extract_and_train_and_runs_caption_and_score(tiny_dem
 
     sets = [*tiny_demo_sets, *REAL_EXTRA]
     cfg = load_config("demo", sets)
-    before = {r["stage"]: r["status"] for r in chain.chain_status(cfg)}
+    before = {r["stage"]: r["status"] for r in chain_status(cfg)}
     assert before["extract"] == before["train"] == "fresh"
     expected = [s for s in STAGES if before[s] != "fresh"]
     assert expected in (["caption", "score"], [])  # [] only when the sweep test ran first
@@ -545,7 +559,7 @@ def test_real_chain_reuses_extract_and_train_and_runs_caption_and_score(tiny_dem
 
 def test_real_sweep_over_k_two_points(tiny_demo_trained, tiny_demo_sets):
     sets = [*tiny_demo_sets, *REAL_EXTRA]
-    out, points = chain.run_sweep("demo", sets, ["model.top_k=3,2"], progress=False, echo=None)
+    out, points = chain.run_sweep("demo", sets, ["model.top_k=3,2"], echo=None)
     trained = plan(tiny_demo_trained)
     k3, k2 = points
     assert k3.values == {"model.top_k": 3} and k2.values == {"model.top_k": 2}

@@ -64,8 +64,8 @@ def test_compare_keeps_the_cross_score_out_of_the_in_domain_rows(cache):
 
 
 def test_why_compares_with_the_same_dataset_and_split_that_differs_least(cache):
-    from stages.chain import explain
-    from stages.plan import StagePlan
+    from pipeline.chain.freshness import explain
+    from pipeline.chain.plan import StagePlan
 
     cfg = load_config("demo", [f"data.cache_root={cache.parent}", "data.name=mafw"])
     run = cache / "runs" / TK[:16]

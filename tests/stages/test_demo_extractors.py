@@ -16,24 +16,24 @@ from pipeline.config import load_config
 @pytest.fixture(scope="module")
 def fitted(tiny_demo_sets):
     """The tiny demo with the fitted extractors (its own cache name) and stage one done."""
-    from stages import extract
+    from pipeline.extract import stage as extract
 
     cfg = load_config("demo", [*tiny_demo_sets, "extract.random_init=false", "extract.demo_fit_epochs=8",
                                "data.name=demo_fitted"])
-    extract.run(cfg, progress=False)
+    extract.run(cfg)
     return cfg
 
 
 def _store(cfg):
     from pipeline.extract.store import open_store
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     return open_store(plan(cfg, upto="extract")["extract"].out_dir / "store.zarr")
 
 
 def test_fit_is_cached_in_the_originals_layouts_and_keyed_by_its_hashes(fitted, monkeypatch):
     from pipeline.records import file_sha256, read_record
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     out = D.fit_dir(fitted)
     rec = read_record(out)
@@ -106,9 +106,10 @@ def test_fitted_top_aus_name_drawn_aus_more_often_than_random_weights(fitted, ti
 def test_show_top_aus_name_the_drawn_aus_on_the_demo():
     """`ecpa show --preset demo`: the top-3 AUs of most test clips are all among the AUs the clip draws
     (the demo preset's own cache: reuses `make demo`'s extraction, else runs it)."""
-    from stages.chain import run_chain
+    from pipeline.chain.plan import prepare
+    from pipeline.chain.run import run_chain
 
     cfg = load_config("demo")
-    run_chain(cfg, upto="extract", progress=False, echo=None)
+    run_chain(cfg, prepare(cfg), upto="extract")
     hits = _top3_hits(cfg)
     assert len(hits) >= 30 and np.mean(hits) > 0.5, hits

@@ -48,10 +48,10 @@ def _scfg(lexicon=""):
 
 
 def test_lexicon_adds_the_four_metrics(tmp_path, caption_dir, lexicon):
-    from stages.score import score_into
+    from pipeline.score.stage import score_into
 
     out = tmp_path / "scores"
-    parts = score_into(out, caption_dir, _scfg(lexicon), progress=False)
+    parts = score_into(out, caption_dir, _scfg(lexicon))
     data = json.loads((out / "scores.json").read_text())
     m = data["metrics"]
     # v1: right joy + wrong sadness; v2: none; v3: right anger -> N_r 2, N_w 1, phi 1, N_r1 2, N_h 1
@@ -75,10 +75,10 @@ def test_lexicon_adds_the_four_metrics(tmp_path, caption_dir, lexicon):
 
 
 def test_without_lexicon_the_metrics_are_absent(tmp_path, caption_dir):
-    from stages.score import score_into
+    from pipeline.score.stage import score_into
 
     out = tmp_path / "scores"
-    score_into(out, caption_dir, _scfg(), progress=False)
+    score_into(out, caption_dir, _scfg())
     data = json.loads((out / "scores.json").read_text())
     assert not set(EMOTION_METRICS) & set(data["metrics"])
     assert "emotion_word_counts" not in data
@@ -86,12 +86,14 @@ def test_without_lexicon_the_metrics_are_absent(tmp_path, caption_dir):
 
 
 def test_printed_table_shows_them(tmp_path, caption_dir, lexicon, capsys):
-    from stages import score
+    from pipeline.score import stage as score
 
     out = tmp_path / "scores"
-    parts = score.score_into(out, caption_dir, _scfg(lexicon), progress=False)
+    parts = score.score_into(out, caption_dir, _scfg(lexicon))
     rec = {"config": {"metrics": ["Bleu_4"]}, "counts": {"clips": 3}, **parts}
-    score.print_scores(rec, out)
+    from stages.score import print_scores
+
+    print_scores(rec, out)
     captured = capsys.readouterr()
     printed = captured.out + captured.err       # the table is a result (stdout), notes are diagnostics
     for name in EMOTION_METRICS:
@@ -100,7 +102,7 @@ def test_printed_table_shows_them(tmp_path, caption_dir, lexicon, capsys):
 
 
 def test_score_key_follows_the_lexicon_contents(tmp_path, lexicon):
-    from stages.score import config_slice
+    from pipeline.chain.specs import score_slice as config_slice
 
     plain = config_slice(load_config("demo"))
     assert "emotion_lexicon" not in plain  # keys of scores made without a lexicon do not move
@@ -112,8 +114,8 @@ def test_score_key_follows_the_lexicon_contents(tmp_path, lexicon):
 
 def test_bad_lexicon_stops_before_scoring(tmp_path, caption_dir):
     from pipeline.errors import UserError
-    from stages.score import score_into
+    from pipeline.score.stage import score_into
 
     with pytest.raises(UserError, match="not a folder"):
-        score_into(tmp_path / "scores", caption_dir, _scfg(tmp_path / "missing"), progress=False)
+        score_into(tmp_path / "scores", caption_dir, _scfg(tmp_path / "missing"))
     assert not (tmp_path / "scores" / "scores.json").exists()

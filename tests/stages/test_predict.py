@@ -43,7 +43,7 @@ def test_predict_features_are_the_stored_ones(chain, monkeypatch):
     from pipeline.caption.captioner import Captioner, captioner_from_run
     from pipeline.extract.store import open_store
     from pipeline.train.data import FEATURE_ARRAYS
-    from stages.extract import SEED
+    from pipeline.extract.stage import SEED
 
     cfg, run_dir, ex_dir, _, test = chain
     seen = []

@@ -26,23 +26,26 @@ def copied(tiny_demo_extracted, tiny_demo_sets, tmp_path):
 def test_run_repairs_a_store_status_calls_damaged_instead_of_reusing_it(copied):
     import zarr
 
-    from stages import chain
-    from stages.plan import plan
+    from pipeline.chain import run as chain
+    from pipeline.chain.freshness import store_damage
+    from pipeline.chain.plan import prepare, read_inputs
+    from pipeline.progress import Reporter
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     cfg = load_config("demo", copied)
     ex = plan(cfg, upto="extract")["extract"]
     store = ex.out_dir / "store.zarr"
     arr = zarr.open_group(str(store), mode="r")["au/feats"]
     (store / "au/feats" / "/".join(["c", "3", *["0"] * (arr.ndim - 1)])).unlink()
-    assert chain.chain_status(cfg, upto="extract")[0]["status"] == "damaged"
+    assert chain.chain_status(cfg, read_inputs(cfg), upto="extract")[0]["status"] == "damaged"
     lines: list[str] = []
-    res = chain.run_chain(cfg, upto="extract", progress=False, echo=lines.append)
+    res = chain.run_chain(cfg, prepare(cfg), upto="extract", reporter=Reporter(line=lines.append))
     assert res.action("extract") == "run", lines           # never "reused"
     assert "damaged" in lines[0] and "doing that now" in lines[0]
     rec = json.loads((ex.out_dir / "stage.json").read_text())
     assert rec["counts"]["extracted"] == 1                   # only the damaged clip was computed again
-    assert chain.chain_status(cfg, upto="extract")[0]["status"] == "fresh"
-    assert chain.store_damage(cfg, ex) is None
+    assert chain.chain_status(cfg, read_inputs(cfg), upto="extract")[0]["status"] == "fresh"
+    assert store_damage(cfg, ex) is None
 
 
 def test_status_and_summaries_name_random_weight_extractors(copied):

@@ -18,13 +18,14 @@ def test_trained_tiny_model_ends_its_captions(tiny_demo_extracted, tiny_demo_set
     """With [SEP] as an MLM target (SwinBERT), a briefly trained tiny model stops: >= 95% of the held-out
     greedy captions end with [SEP] well before the limit, and their length follows the references'.
     Before the fix every caption ran to caption.max_length."""
-    from stages import caption, train
+    from pipeline.caption import stage as caption
+    from pipeline.train import stage as train
 
     cfg = _cfg(tiny_demo_sets, "train.epochs=40", "train.lr=3e-3", "train.validate=false", "model.hidden=64",
                "train.seed=7")
-    train.run(cfg, progress=False)
-    rec = caption.run(cfg, progress=False)
-    from stages.plan import plan
+    train.run(cfg)
+    rec = caption.run(cfg)
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     cap_dir = plan(cfg, upto="caption")["caption"].out_dir
     results = json.loads((cap_dir / "captions.json").read_text())
@@ -53,7 +54,7 @@ def test_bf16_autocast_trains_one_epoch_on_the_demo_preset(tiny_demo_extracted, 
     sets = [*tiny_demo_sets, "train.epochs=1", "train.precision=bf16", "train.validate=false"]
     res = CliRunner().invoke(app, ["train", "--preset", "demo", *sum((["--set", s] for s in sets), [])])
     assert res.exit_code == 0, res.output
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     run_dir = plan(load_config("demo", sets), upto="train")["train"].out_dir
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -69,18 +70,18 @@ def test_bf16_autocast_trains_one_epoch_on_the_demo_preset(tiny_demo_extracted, 
 ])
 def test_table_vi_rows_train_and_log_under_their_names(tiny_demo_extracted, tiny_demo_sets, ablation, logged):
     from pipeline.train.loop import ablation_sets
-    from stages import train
-    from stages.plan import plan
+    from pipeline.train import stage as train
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     cfg = _cfg(tiny_demo_sets, "train.epochs=1", "train.validate=false", *ablation_sets(ablation))
-    train.run(cfg, progress=False)
+    train.run(cfg)
     run_dir = plan(cfg, upto="train")["train"].out_dir
     row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert set(row["loss"]) == logged
 
 
 def test_k_tc_m_switches_change_the_train_key_only(tiny_demo_extracted, tiny_demo_sets):
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     base = plan(_cfg(tiny_demo_sets), upto="train")
     for s in ("model.top_k=1", "model.top_k=5", "train.tau_c=0.5", "train.margin=0.8",

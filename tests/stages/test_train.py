@@ -79,7 +79,7 @@ def test_ddp_two_cpu_processes_end_identical(tmp_path):
 
 
 def test_store_of_another_extraction_is_refused(tmp_path):
-    from stages.train import check_store_fits
+    from pipeline.train.stage import check_store_fits
 
     random_store(tmp_path / "s.zarr", n=2, attrs={"extract_key": "a" * 64, "emotions": ["e0", "e1", "e2"]})
     cfg = tiny_cfg()
@@ -102,9 +102,9 @@ def test_impossible_switches_refused():
 def test_stage_on_tiny_demo(tiny_demo_trained, tiny_demo_sets):
     from typer.testing import CliRunner
 
-    from stages import train
+    from pipeline.train import stage as train
     from stages.cli import app
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     cfg = tiny_demo_trained
     p = plan(cfg, upto="train")["train"]
@@ -120,7 +120,7 @@ def test_stage_on_tiny_demo(tiny_demo_trained, tiny_demo_sets):
     assert rec["extra"]["best"]["epoch"] == best["epoch"]
     assert len(list((p.out_dir / "val").glob("epoch_*.json"))) == cfg.train.epochs
     # a second run with the same key is reused (no retraining), also through the CLI
-    assert train.run(cfg, progress=False)["created"] == rec["created"]
+    assert train.run(cfg)["created"] == rec["created"]
     args = ["train"] + sum((["--set", s] for s in tiny_demo_sets), [])
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

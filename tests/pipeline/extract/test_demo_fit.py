@@ -99,7 +99,7 @@ def test_fit_key_follows_generator_data_and_fit_settings_not_knobs(tmp_path, mon
 
 
 def test_extract_key_does_not_carry_the_fit_switches_but_the_weight_hashes(tmp_path):
-    from stages.extract import config_slice
+    from pipeline.chain.specs import extract_slice as config_slice
 
     cfg = load_config("demo", [f"data.cache_root={tmp_path}"])
     s = config_slice(cfg)

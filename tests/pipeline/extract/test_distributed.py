@@ -7,8 +7,8 @@ import zarr
 
 from pipeline.extract.distributed import shard
 from pipeline.extract.runner import ClipTask
-from stages import extract
-from stages.plan import plan
+from pipeline.extract import stage as extract
+from pipeline.chain.plan import prepare_and_plan as plan
 from tests.pipeline.extract._extract_helpers import demo_videos, mini_config
 
 
@@ -25,8 +25,8 @@ def test_local_cluster_equals_single_process(tiny_demo_extracted, tmp_path):
     videos = demo_videos(tiny_demo_extracted)[:3]
     one = mini_config(tmp_path / "one", videos, bad={"zz_bad": "text"})
     two = mini_config(tmp_path / "two", videos, bad={"zz_bad": "text"})
-    r1 = extract.run(one, progress=False)
-    r2 = extract.run(two, progress=False, workers_cluster=2)
+    r1 = extract.run(one)
+    r2 = extract.run(two, workers_cluster=2)
     assert r1["key"] == r2["key"]
     assert r2["extra"]["distributed"] == "local:2"
     assert r1["counts"]["done"] == r2["counts"]["done"] == 3 and r2["counts"]["failed"] == 1

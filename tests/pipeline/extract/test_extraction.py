@@ -12,8 +12,8 @@ import zarr
 
 from pipeline.errors import UserError, WeightsMissingError
 from pipeline.extract.runner import StoreLock, read_errors
-from stages import extract
-from stages.plan import plan
+from pipeline.extract import stage as extract
+from pipeline.chain.plan import prepare_and_plan as plan
 from tests.pipeline.extract._extract_helpers import demo_videos, mini_config
 
 ARRAYS = ("vid/tokens", "er/feats", "er/logits", "au/feats", "au/probs", "face/boxes")
@@ -60,21 +60,21 @@ def test_resume_after_kill_recomputes_nothing_and_equals_uninterrupted(tiny_demo
     cfg = mini_config_for(tiny_demo_extracted, tmp_path / "a", n=3)
     killed = Counting(real_extractors, fail_after=2)  # batch_size 2: the first batch lands, the second is killed
     with pytest.raises(KeyboardInterrupt):
-        extract.run(cfg, progress=False, extractors=killed)
+        extract.run(cfg, extractors=killed)
     p, g = _store(cfg)
     assert g["done"][:].tolist() == [True, True, False]
     assert not (p.out_dir / "stage.json").exists()
     assert not (p.out_dir / ".extract.lock").exists()  # released on the way out
 
     again = Counting(real_extractors)
-    rec = extract.run(cfg, progress=False, extractors=again)
+    rec = extract.run(cfg, extractors=again)
     assert again.clips == 1  # only the unfinished clip
     assert rec["counts"] == {**rec["counts"], "done": 3, "failed": 0, "skipped": 2, "extracted": 1}
     assert (p.out_dir / "stage.json").exists()
 
     whole_cfg = mini_config_for(tiny_demo_extracted, tmp_path / "b", n=3)
     assert plan(whole_cfg, upto="extract")["extract"].key == p.key  # same clips, same settings: same key
-    extract.run(whole_cfg, progress=False, extractors=real_extractors)
+    extract.run(whole_cfg, extractors=real_extractors)
     _, g1 = _store(cfg)
     _, g2 = _store(whole_cfg)
     assert g1["clip_id"][:].tolist() == g2["clip_id"][:].tolist()
@@ -85,7 +85,7 @@ def test_resume_after_kill_recomputes_nothing_and_equals_uninterrupted(tiny_demo
 
     # Fresh now: a third run reuses the record and computes nothing.
     third = Counting(real_extractors)
-    assert extract.run(cfg, progress=False, extractors=third)["key"] == p.key and third.clips == 0
+    assert extract.run(cfg, extractors=third)["key"] == p.key and third.clips == 0
 
 
 def test_bad_clips_recorded_and_retry_clears_them(tiny_demo_extracted, real_extractors, tmp_path, monkeypatch):
@@ -106,14 +106,14 @@ def test_bad_clips_recorded_and_retry_clears_them(tiny_demo_extracted, real_extr
 
     monkeypatch.setattr(extraction, "decode_clip", flaky)
     with pytest.raises(KeyboardInterrupt):
-        extract.run(cfg, progress=False, extractors=Counting(real_extractors, fail_after=0))
+        extract.run(cfg, extractors=Counting(real_extractors, fail_after=0))
     assert {e["clip_id"] for e in read_errors(p.out_dir / "errors.jsonl")} == {*bad, "ok1"}  # kept on a kill
     assert not (p.out_dir / "stage.json").exists()
     monkeypatch.setattr(extraction, "decode_clip", real_decode)
 
     # The rerun retries every unfinished clip; ok1 succeeds and leaves errors.jsonl, the bad ones stay.
     with pytest.raises(UserError, match="4 of 6 clips failed"):
-        extract.run(cfg, progress=False, extractors=real_extractors, strict=True)
+        extract.run(cfg, extractors=real_extractors, strict=True)
     _, g = _store(cfg)
     rec = json.loads((p.out_dir / "stage.json").read_text())  # written even under strict: every clip is accounted for
     assert rec["counts"]["done"] == 2 and rec["counts"]["failed"] == 4
@@ -132,7 +132,7 @@ def test_missing_weights_stop_before_any_work(tiny_demo_extracted, tmp_path):
     cfg = mini_config_for(tiny_demo_extracted, tmp_path, extra=["extract.random_init=false",
                                                                 f"extract.weights_dir={tmp_path / 'weights'}"])
     with pytest.raises(WeightsMissingError, match="resnet50_er_mafw.pth"):
-        extract.run(cfg, progress=False)
+        extract.run(cfg)
     p = plan(cfg, upto="extract")["extract"]
     assert not (p.out_dir / "store.zarr").exists()
 
@@ -185,7 +185,7 @@ def test_replace_add_remove_extract_only_those_clips(tiny_demo_extracted, real_e
     root = tmp_path / "d"
     cfg = mini_config(root, videos[:3])
     first = Counting(real_extractors)
-    rec = extract.run(cfg, progress=False, extractors=first)
+    rec = extract.run(cfg, extractors=first)
     p0 = plan(cfg, upto="train")
     assert first.clips == 3 and rec["counts"]["added"] == 3
     store = p0["extract"].out_dir / "store.zarr"
@@ -205,13 +205,18 @@ def test_replace_add_remove_extract_only_those_clips(tiny_demo_extracted, real_e
     p1 = plan(cfg, upto="train")
     assert p1["extract"].key == p0["extract"].key and p1["extract"].status() == "changed"
     assert p1["train"].key != p0["train"].key  # ok1 is a train clip: its new fingerprint retrains
-    from stages.chain import chain_status
+    from pipeline.chain.run import chain_status as _chain_status
+
+    def chain_status(cfg, **kw):
+        from pipeline.chain.plan import read_inputs
+
+        return _chain_status(cfg, read_inputs(cfg), **kw)
 
     (row,) = chain_status(cfg, upto="extract")
     assert row["status"] == "stale" and "clips: 2 fresh, 1 stale, 0 missing" in row["reason"]
     assert "running extracts only those clips, in the same store" in row["reason"]
     redo = Counting(real_extractors)
-    rec = extract.run(cfg, progress=False, extractors=redo)
+    rec = extract.run(cfg, extractors=redo)
     assert redo.clips == 1
     assert {k: rec["counts"][k] for k in ("added", "redone", "dropped", "extracted", "skipped")} == \
         {"added": 0, "redone": 1, "dropped": 0, "extracted": 1, "skipped": 2}
@@ -228,7 +233,7 @@ def test_replace_add_remove_extract_only_those_clips(tiny_demo_extracted, real_e
     cfg4 = mini_config(root, videos[:4])
     assert plan(cfg4, upto="extract")["extract"].key == p0["extract"].key
     add = Counting(real_extractors)
-    rec = extract.run(cfg4, progress=False, extractors=add)
+    rec = extract.run(cfg4, extractors=add)
     assert add.clips == 1 and rec["counts"]["added"] == 1 and rec["counts"]["done"] == 4
     g = zarr.open_group(str(store), mode="r")
     assert g["clip_id"][:].tolist() == ["ok0", "ok1", "ok2", "ok3"] and g["done"][:].all()
@@ -242,7 +247,7 @@ def test_replace_add_remove_extract_only_those_clips(tiny_demo_extracted, real_e
     p3 = plan(cfg3, upto="train")
     assert p3["train"].key != train4 and p3["extract"].status() == "changed"
     none = Counting(real_extractors)
-    rec = extract.run(cfg3, progress=False, extractors=none)
+    rec = extract.run(cfg3, extractors=none)
     assert none.clips == 0 and rec["counts"]["dropped"] == 1 and rec["extra"]["changes"]["dropped"] == ["ok3"]
     assert rec["counts"]["clips"] == 3 and rec["counts"]["done"] == 3
     g = zarr.open_group(str(store), mode="r")
@@ -256,13 +261,18 @@ def test_clip_without_a_face_is_kept_with_the_fallback_box_and_small_clips_warn(
     from pipeline.data.demo import write_mp4
     from pipeline.extract.runner import MIN_FRAMES, MIN_SIDE
     from pipeline.extract.store import FACE_SOURCES
-    from stages.chain import chain_status
+    from pipeline.chain.run import chain_status as _chain_status
+
+    def chain_status(cfg, **kw):
+        from pipeline.chain.plan import read_inputs
+
+        return _chain_status(cfg, read_inputs(cfg), **kw)
 
     root = tmp_path / "d"
     (root / "videos").mkdir(parents=True)
     write_mp4(root / "videos/noface.mp4", np.full((4, 64, 64, 3), (20, 90, 30), np.uint8), fps=8)
     cfg = mini_config(root, demo_videos(tiny_demo_extracted)[:1], bad={"noface": "as written"})
-    rec = extract.run(cfg, progress=False, extractors=real_extractors)
+    rec = extract.run(cfg, extractors=real_extractors)
     c = rec["counts"]
     assert c["done"] == 2 and c["failed"] == 0
     assert c["fallback_clips"] == 1 and c["fallback_frames"] == cfg.extract.num_frames

@@ -107,7 +107,7 @@ def test_unknown_or_missing_keys_and_wrong_shapes_are_refused(tmp_path):
 
 def test_init_from_enters_the_train_key_by_content(tmp_path):
     from pipeline.config import Config
-    from stages.train import config_slice
+    from pipeline.chain.specs import train_slice as config_slice
 
     a, b = tmp_path / "a", tmp_path / "b"
     hf_model(0).save_pretrained(a)
