@@ -9,6 +9,7 @@ from typing import Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
+from pipeline.chain.layout import CONFIG_FILE
 from pipeline.config import Config, load_config, preset_names
 from pipeline.errors import UserError
 
@@ -50,7 +51,7 @@ def resolve_config(preset: str | None, sets: list[str] | None, cache: Path | Non
     if cache is not None:
         cache = Path(cache)
         if preset is None:
-            saved = cache / "config.yaml"
+            saved = cache / CONFIG_FILE
             if saved.is_file():
                 preset = str(saved)
             elif cache.name in preset_names():

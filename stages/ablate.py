@@ -19,7 +19,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
-from stages.chain import STAGES, ProgressOpt, _echo_default, run_chain
+from pipeline.chain.layout import ABLATIONS_DIR
+from pipeline.chain.plan import prepare
+from pipeline.chain.run import run_chain
+from pipeline.chain.specs import STAGES
+from stages.chain import ProgressOpt, _echo_default, _sweep_reporter
 
 
 def run_ablation(
@@ -42,13 +46,13 @@ def run_ablation(
     base = resolve_config(preset, sets, cache)
     # resolve every row first: a bad --set stops before anything runs (user --set wins over the row's)
     cfgs = [resolve_config(preset, ablation_sets(n) + list(sets or []), cache) for n in names]
-    out_dir = base.cache_dir / "ablations" / name
+    out_dir = base.cache_dir / ABLATIONS_DIR / name
     meta = {"preset": base.preset, "sets": list(sets or []), "rows": names}
     title = f"{base.preset}: ablations (Tables IV-VI), {base.caption.split} split"
     done: list[SweepPoint] = []
     for i, (row, cfg) in enumerate(zip(names, cfgs), 1):
         say(f"[bold]ablation {i}/{len(names)}[/]: {escape(row)}")
-        res = run_chain(cfg, progress=progress, echo=echo)
+        res = run_chain(cfg, prepare(cfg), reporter=_sweep_reporter(progress, echo))
         done.append(SweepPoint({"ablation": row}, res.keys, res.scores, {o.name: o.action for o in res.outcomes}))
         write_outputs(out_dir, done, meta, title)
     return out_dir, done

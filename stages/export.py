@@ -40,7 +40,7 @@ def command(
 ) -> None:
     """Export a trained run as a self-contained model folder."""
     from pipeline.caption.bundle import MANIFEST, export_bundle
-    from stages.extract import SEED
+    from pipeline.extract.stage import SEED
 
     run_dir = find_run(run, cache)
     path = export_bundle(run_dir, out, checkpoint=checkpoint, seed=SEED, force=force)

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from pipeline.chain.layout import RECORD_NAME
 from pipeline.chain.plan import plan, prepare
 from pipeline.errors import UserError
 from pipeline.extract import stage
@@ -29,7 +30,7 @@ def print_extract_summary(rec: dict) -> None:
         console.print(f"[yellow]warning[/]: {w['video']}: {w['warning']}", highlight=False, soft_wrap=True)
     if s and c.get("warnings", 0) > 10:
         console.print(f"[yellow]warning[/]: {c['warnings'] - 10} more in "
-                      f"{Path(rec['extra']['store']).parent / 'stage.json'}", highlight=False)
+                      f"{Path(rec['extra']['store']).parent / RECORD_NAME}", highlight=False)
     if c.get("fallback_clips"):
         console.print(f"[yellow]face fallback[/]: {c['fallback_frames']} frames in {c['fallback_clips']} clips had no "
                       "face found and use the fallback box (face/source in the store)", highlight=False)

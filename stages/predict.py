@@ -34,7 +34,7 @@ def load(run: str | None, model: Path | None, cache: Path | None, **kw):
 
         return load_captioner(model, **kw)
     from pipeline.caption.captioner import captioner_from_run
-    from stages.extract import SEED
+    from pipeline.extract.stage import SEED
 
     from stages.export import find_run
 

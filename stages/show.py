@@ -23,6 +23,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
+from pipeline.chain.layout import CONFIG_FILE
 from pipeline.errors import UserError
 from stages import _common
 from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
@@ -125,7 +126,7 @@ def build_rows(caption_dir: Path, clip_ids: list[str] | None, n: int, frames_per
     from pipeline.data.manifest import read_manifest
     from pipeline.records import read_record
     from pipeline.extract.store import open_store
-    from stages.score import read_caption_output
+    from pipeline.score.stage import read_caption_output
 
     results, refs = read_caption_output(caption_dir)
     by_id = {str(r["image_id"]): r for r in results}
@@ -142,7 +143,7 @@ def build_rows(caption_dir: Path, clip_ids: list[str] | None, n: int, frames_per
         gts.setdefault(str(a["image_id"]), []).append(a["caption"])
     true = {str(im["id"]): im.get("emotion") for im in refs["images"]}
 
-    cfg_path = caption_dir / "config.yaml"
+    cfg_path = caption_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise UserError(f"{cfg_path}: missing (the caption output is incomplete); rerun `ecpa caption`")
     cfg = load_config(cfg_path)
@@ -193,10 +194,13 @@ def command(
 ) -> None:
     """A PNG sheet for chosen clips: frames, generated caption, references, true/predicted emotion, top AUs."""
     if caption_dir is None:
-        from stages.plan import plan
+        from pipeline.chain.plan import plan, read_inputs
 
         cfg = resolve_config(preset, set, cache)
-        p = plan(cfg, upto="caption")["caption"]
+        inputs = read_inputs(cfg)   # a sheet of existing outputs: nothing is built or written
+        if inputs is None:
+            raise UserError(f"no {cfg.data.name} dataset under {cfg.data.root} yet; run `ecpa run` first")
+        p = plan(cfg, inputs, upto="caption")["caption"]
         if p.status() != "fresh":
             raise UserError(f"no captions for this config yet ({p.out_dir} is {p.status()}); run `ecpa caption` "
                             "with the same preset/--set first")

@@ -8,6 +8,7 @@
         captions/<caption-key>/{captions.json, references.json [, protocol.json], config.yaml, stage.json}
           scores/<score-key>/{scores.json, per_clip.csv, config.yaml, stage.json}
       sweeps/<name>/{sweep.csv, sweep.json, sweep.png}
+      ablations/<name>/{ablation.csv, ablation.md, ablation.png}
 
 Folders are named by the first 16 hex digits of the stage key (pipeline.records.short); the record names
 the full key. Names that have an older home elsewhere are imported from it, never spelled twice.
@@ -25,6 +26,7 @@ RUNS_DIR = "runs"
 CAPTIONS_DIR = "captions"
 SCORES_DIR = "scores"
 SWEEPS_DIR = "sweeps"
+ABLATIONS_DIR = "ablations"
 EXTRACTORS_DIR = "extractors"
 
 CONFIG_FILE = "config.yaml"
