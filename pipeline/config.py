@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.chain.layout import MANIFEST_FILE
 from pipeline.errors import UserError
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 
-MANIFEST_FILE = "manifest.jsonl"
-"""cache/<dataset>/manifest.jsonl (pipeline.data.manifest); its home is here because Config.manifest_path names it."""
 
 MAFW_EMOTIONS = [
     "anger", "disgust", "fear", "happiness", "neutral", "sadness",
@@ -425,7 +423,7 @@ def load_config(preset: str | Path = "demo", overrides: list[str] | None = None)
         if any(parse_override(t)[:2] in {("extract", f) for f in weight_fields} for t in overrides or []):
             cfg.extract.demo_fit = False  # weight files named on the command line win over the demo's fitted ones
         else:
-            from pipeline.extract.demo_fit import point_weights
+            from pipeline.extract.demo_weights import point_weights
 
             point_weights(cfg)  # the fitted files of this config (a path only: the fit runs in stages.plan)
     return cfg
@@ -436,6 +434,4 @@ def save_config(cfg: Config, path: Path) -> None:
     path.write_text(cfg.to_yaml())
 
 
-def canonical_json(obj: Any) -> str:
-    """The canonical JSON that keys hash: sorted keys, no spaces, floats as repr."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+from pipeline.records import canonical_json  # noqa: E402,F401  (its home is the keys' module)

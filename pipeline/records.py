@@ -25,8 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import canonical_json
 from pipeline.errors import UserError
+
+
+def canonical_json(obj: Any) -> str:
+    """The canonical JSON that keys hash: sorted keys, no spaces, floats as repr."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
 
 RECORD_NAME = "stage.json"
 KEY_DIR_LEN = 16  # directory names use the first 16 hex digits; the record holds the full key

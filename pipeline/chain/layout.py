@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import MANIFEST_FILE  # noqa: F401  (Config.manifest_path needs it first)
 from pipeline.extract.store import STORE_NAME  # noqa: F401  (re-exported: the one home is the store module)
 from pipeline.records import RECORD_NAME, short  # noqa: F401
 
@@ -29,6 +28,7 @@ SWEEPS_DIR = "sweeps"
 ABLATIONS_DIR = "ablations"
 EXTRACTORS_DIR = "extractors"
 
+MANIFEST_FILE = "manifest.jsonl"
 CONFIG_FILE = "config.yaml"
 """The resolved config saved beside every output (and the dataset's data config at cache/<dataset>/)."""
 ERRORS_NAME = "errors.jsonl"

@@ -23,11 +23,12 @@ import importlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+
 from pathlib import Path
 
-from pipeline.config import Config, canonical_json, load_config, preset_names
-from pipeline.data.datasets import SPLITS, VIDEO_EXTS
+from pipeline.config import Config, load_config, preset_names
+from pipeline.records import canonical_json
+from pipeline.data.clip import SPLITS, VIDEO_EXTS, Clip  # noqa: F401  (Clip re-exported: the manifest's row)
 from pipeline.errors import AnnotationError, MissingVideosError, UserError
 from pipeline.records import atomic_write_text
 
@@ -43,27 +44,6 @@ FORMATS = {
 }
 """data.format -> 'module:function' of its adapter; every adapter module also has
 `videos_dir(cfg)` and `annotations_path(cfg)`."""
-
-
-@dataclass
-class Clip:
-    """One clip of the manifest."""
-
-    id: str
-    """Clip id, unique in the dataset (e.g. MAFW '00025', MSVD '<VideoID>_<Start>_<End>')."""
-    video: str
-    """Absolute path of the video file."""
-    captions: list[str]
-    """Reference captions (at least one), as written in the annotations."""
-    emotion: str | None
-    """Emotion class name from data.emotions, None when the dataset gives none."""
-    emotion_index: int
-    """Index of `emotion` in data.emotions, -1 when unknown."""
-    split: str
-    """train, val or test."""
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 _FIELDS = {f.name: f.type for f in dataclasses.fields(Clip)}

@@ -573,3 +573,54 @@ def test_real_sweep_over_k_two_points(tiny_demo_trained, tiny_demo_sets):
     assert [r["train_key"] for r in rows] == [short(k3.keys["train"]), short(k2.keys["train"])]
     assert all(float(r["CIDEr"]) >= 0 and r["Bleu_4"] != "" for r in rows)
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _files(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(Path(root).rglob("*"))} if Path(root).exists() else {}
+
+
+def test_status_on_a_fresh_cache_writes_no_file(sets, tmp_path, demo_root):
+    """`ecpa status` builds what it needs in memory: no manifest, memo, config.yaml or fitted extractors appear."""
+    from stages.cli import app
+
+    data_before = _files(demo_root)
+    res = CliRunner().invoke(app, ["status", "--preset", "demo", *[a for s in sets for a in ("--set", s)], "--json"])
+    assert res.exit_code == 0, res.output
+    assert [r["status"] for r in json.loads(res.stdout)["stages"]] == ["missing"] * 4
+    assert _files(tmp_path / "cache") == {} and _files(demo_root) == data_before
+    # the demo with no dataset yet: says what to run, still writes nothing
+    bare = ["--set", f"data.root={tmp_path / 'nodata'}", "--set", f"data.cache_root={tmp_path / 'cache'}"]
+    res = CliRunner().invoke(app, ["status", "--preset", "demo", *bare])
+    assert res.exit_code == 0, res.output
+    assert "ecpa run" in res.output and "not generated yet" in res.output
+    assert not (tmp_path / "nodata").exists() and _files(tmp_path / "cache") == {}
+
+
+def test_one_plan_and_one_prepare_per_command(fakes, sets, monkeypatch):
+    """`ecpa run` prepares the inputs once (one manifest build, one demo-fit check) and plans the chain once;
+    `ecpa status` plans once and prepares nothing."""
+    import pipeline.chain.plan as plan_mod
+    import pipeline.data.manifest as manifest_mod
+    from stages.cli import app
+
+    counts = {"plans": 0, "manifests": 0}
+    real_stage_plan, real_ensure = plan_mod.stage_plan, manifest_mod.ensure_manifest
+
+    def counting_stage_plan(name, *a, **k):
+        counts["plans"] += name == "extract"   # every plan starts at extract
+        return real_stage_plan(name, *a, **k)
+
+    def counting_ensure(*a, **k):
+        counts["manifests"] += 1
+        return real_ensure(*a, **k)
+
+    monkeypatch.setattr(plan_mod, "stage_plan", counting_stage_plan)
+    monkeypatch.setattr(manifest_mod, "ensure_manifest", counting_ensure)
+    args = ["--preset", "demo", *[a for s in sets for a in ("--set", s)]]
+    res = CliRunner().invoke(app, ["run", *args])
+    assert res.exit_code == 0, res.output
+    assert fakes.calls == STAGES and counts == {"plans": 1, "manifests": 1}
+    counts.update(plans=0, manifests=0)
+    res = CliRunner().invoke(app, ["status", *args])
+    assert res.exit_code == 0, res.output
+    assert counts == {"plans": 1, "manifests": 0}

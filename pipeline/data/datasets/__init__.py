@@ -27,10 +27,9 @@ from pipeline.errors import AnnotationError
 
 if TYPE_CHECKING:
     from pipeline.config import Config
-    from pipeline.data.manifest import Clip
+    from pipeline.data.clip import Clip
 
-SPLITS = ("train", "val", "test")
-VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+from pipeline.data.clip import SPLITS, VIDEO_EXTS  # noqa: E402,F401  (one home: pipeline.data.clip)
 
 
 # ---- paths ---------------------------------------------------------------------------------------
@@ -215,7 +214,7 @@ class ClipBuilder:
         old.captions.extend(c.strip() for c in captions)
 
     def clips(self) -> list["Clip"]:
-        from pipeline.data.manifest import Clip
+        from pipeline.data.clip import Clip
 
         out = []
         for cid, d in self.drafts.items():

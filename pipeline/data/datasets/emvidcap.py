@@ -39,7 +39,7 @@ from pipeline.errors import AnnotationError
 
 if TYPE_CHECKING:
     from pipeline.config import Config
-    from pipeline.data.manifest import Clip
+    from pipeline.data.clip import Clip
 
 DEFAULT_VIDEOS = "videos"
 TRAINVAL = "EmVideo_trainval_captions.csv"

@@ -23,7 +23,7 @@ from pipeline.errors import AnnotationError
 
 if TYPE_CHECKING:
     from pipeline.config import Config
-    from pipeline.data.manifest import Clip
+    from pipeline.data.clip import Clip
 
 DEFAULT_ANNOTATIONS = "annotations.jsonl"
 JSONL_KEYS = {"id", "video", "captions", "caption", "emotion", "split"}

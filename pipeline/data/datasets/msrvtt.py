@@ -21,7 +21,7 @@ from pipeline.errors import AnnotationError
 
 if TYPE_CHECKING:
     from pipeline.config import Config
-    from pipeline.data.manifest import Clip
+    from pipeline.data.clip import Clip
 
 DEFAULT_VIDEOS = "videos"
 DEFAULT_ANNOTATIONS = "train_val_videodatainfo.json"

@@ -25,7 +25,7 @@ from pipeline.errors import AnnotationError
 
 if TYPE_CHECKING:
     from pipeline.config import Config
-    from pipeline.data.manifest import Clip
+    from pipeline.data.clip import Clip
 
 DEFAULT_VIDEOS = "YouTubeClips"
 DEFAULT_ANNOTATIONS = "MSR Video Description Corpus.csv"
