@@ -325,124 +325,163 @@ def au_levels(spec: ClipSpec, t: int) -> dict[str, float]:
     return {a: v * e for a, v in spec.aus.items()}
 
 
+@dataclass
+class _Canvas:
+    """One frame being drawn: the image, its pixel grids and the face geometry every feature is placed by."""
+
+    img: np.ndarray
+    X: np.ndarray
+    Y: np.ndarray
+    size: int
+    sc: float
+    """Face scale in pixels."""
+    cx: float
+    cy: float
+    fx: float
+    """Centre of the features (moves further than the outline with the turn: a cheap yaw)."""
+    squash: float
+    skin: np.ndarray
+    hair: np.ndarray
+
+    def ex(self, dx: float) -> float:
+        """Feature x at horizontal offset dx (face units) from the face centre."""
+        return self.fx + dx * self.sc * self.squash
+
+    def window(self, x0: float, y0: float, x1: float, y1: float):
+        """Slices and pixel grids of the box (clipped to the frame): small shapes touch only it."""
+        r0, r1 = max(0, int(y0) - 1), min(self.size, int(y1) + 2)
+        c0, c1 = max(0, int(x0) - 1), min(self.size, int(x1) + 2)
+        if r0 >= r1 or c0 >= c1:
+            return None, None, None
+        return self.img[r0:r1, c0:c1], self.X[r0:r1, c0:c1], self.Y[r0:r1, c0:c1]
+
+    def ellipse(self, ecx, ecy, a, b, colour, strength=1.0):
+        win, Xs, Ys = self.window(ecx - a, ecy - b, ecx + a, ecy + b)
+        if win is not None:
+            _paint(win, _cover(_ellipse(Xs, Ys, ecx, ecy, a, b)) * strength, colour)
+
+    def stroke(self, x0, y0, x1, y1, r, colour, strength=1.0):
+        win, Xs, Ys = self.window(min(x0, x1) - r, min(y0, y1) - r, max(x0, x1) + r, max(y0, y1) + r)
+        if win is not None:
+            _paint(win, _cover(_segment(Xs, Ys, x0, y0, x1, y1, r)) * strength, colour)
+
+
 def render_frame(spec: ClipSpec, t: int, size: int, rng: np.random.Generator, texture: np.ndarray) -> np.ndarray:
-    """One RGB uint8 frame (size x size) of the clip at frame t."""
+    """One RGB uint8 frame (size x size) of the clip at frame t: background, head, then each feature as its
+    AUs move it, then lighting and sensor noise."""
     S = float(size)
     lv = au_levels(spec, t)
     g = lambda name: lv.get(name, 0.0)  # noqa: E731
     yaw = spec.turn * _envelope(t, spec.turn_onset, spec.turn_peak)
-
     X, Y = _grid(size)  # pixel-centre coordinates
-    img = (texture * np.asarray(spec.background, np.float32)).copy()
-
     sc = spec.face_scale * S
     cx = S * (0.5 + spec.face_dx) + 0.07 * yaw * S  # the head moves with the turn
-    cy = S * (0.53 + spec.face_dy)
-    fx = cx + 0.07 * yaw * sc  # features move further than the outline: a cheap yaw
-    squash = 1.0 - 0.22 * abs(yaw)
-    head_a, head_b = 0.35 * sc * (1.0 - 0.06 * abs(yaw)), 0.43 * sc
+    c = _Canvas(img=(texture * np.asarray(spec.background, np.float32)).copy(), X=X, Y=Y, size=size, sc=sc, cx=cx,
+                cy=S * (0.53 + spec.face_dy), fx=cx + 0.07 * yaw * sc, squash=1.0 - 0.22 * abs(yaw),
+                skin=np.asarray(spec.skin, np.float32), hair=np.asarray(spec.hair, np.float32))
     jaw = 0.045 * g("AU26") * sc
-    skin = np.asarray(spec.skin, np.float32)
-    hair = np.asarray(spec.hair, np.float32)
+    _draw_head(c, spec, yaw, jaw)
+    eye_y = _draw_eyes(c, g, yaw)
+    _draw_brows(c, g, eye_y)
+    _draw_nose(c, g, eye_y)
+    _draw_mouth(c, g, jaw)
+    img = c.img
+    img *= spec.gain * (1.0 + 0.015 * np.sin(0.9 * t + spec.index))
+    img += 2.5 * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
-    def ex(dx: float) -> float:  # feature x at horizontal offset dx (frame units) from the face centre
-        return fx + dx * sc * squash
 
-    # long hair behind the head (woman)
+def _draw_head(c: _Canvas, spec: ClipSpec, yaw: float, jaw: float) -> None:
+    """Long hair behind (woman), neck, a shaded head whose lower half lengthens when the jaw drops, hair on top."""
+    X, Y, sc, cx, cy, S = c.X, c.Y, c.sc, c.cx, c.cy, float(c.size)
+    head_a, head_b = 0.35 * sc * (1.0 - 0.06 * abs(yaw)), 0.43 * sc
     if spec.gender == "woman":
         d = _ellipse(X, Y, cx, cy + 0.12 * sc, head_a * 1.28, head_b * 1.25)
         d = np.maximum(d, cy - 0.2 * sc - Y)  # only the part around and below the head top
-        _paint(img, _cover(d), hair)
-    # neck
-    _paint(img, _cover(np.maximum(np.abs(X - cx) - 0.13 * sc, cy + 0.25 * sc - Y)), skin * 0.8)
-    # head: an ellipse whose lower half lengthens when the jaw drops
+        _paint(c.img, _cover(d), c.hair)
+    _paint(c.img, _cover(np.maximum(np.abs(X - cx) - 0.13 * sc, cy + 0.25 * sc - Y)), c.skin * 0.8)
     b = np.where(Y > cy, head_b + jaw, head_b)
     r = np.sqrt(((X - cx) / head_a) ** 2 + ((Y - cy) / b) ** 2)
     shade = (1.0 - 0.18 * np.clip(r, 0, 1) ** 4)[..., None] * (1.0 + spec.light * (X - cx)[..., None] / S * 2)
     a_head = _cover((r - 1.0) * head_a)[..., None]
-    img = img * (1 - a_head) + a_head * skin * shade
+    c.img = c.img * (1 - a_head) + a_head * c.skin * shade
     # hair on top: short cap (man) or a fuller fringe (woman)
     top = 0.34 if spec.gender == "man" else 0.33
     d = np.maximum(_ellipse(X, Y, cx, cy, head_a * 1.06, head_b * 1.06), Y - (cy - top * sc + 0.03 * sc * ((X - cx) / head_a) ** 2))
-    _paint(img, _cover(d), hair)
+    _paint(c.img, _cover(d), c.hair)
 
-    def window(x0: float, y0: float, x1: float, y1: float):
-        """Slices and pixel grids of the box (clipped to the frame): small shapes touch only it."""
-        r0, r1 = max(0, int(y0) - 1), min(size, int(y1) + 2)
-        c0, c1 = max(0, int(x0) - 1), min(size, int(x1) + 2)
-        if r0 >= r1 or c0 >= c1:
-            return None, None, None
-        return img[r0:r1, c0:c1], X[r0:r1, c0:c1], Y[r0:r1, c0:c1]
 
-    def ellipse(ecx, ecy, a, b, colour, strength=1.0):
-        win, Xs, Ys = window(ecx - a, ecy - b, ecx + a, ecy + b)
-        if win is not None:
-            _paint(win, _cover(_ellipse(Xs, Ys, ecx, ecy, a, b)) * strength, colour)
-
-    def stroke(x0, y0, x1, y1, r, colour, strength=1.0):
-        win, Xs, Ys = window(min(x0, x1) - r, min(y0, y1) - r, max(x0, x1) + r, max(y0, y1) + r)
-        if win is not None:
-            _paint(win, _cover(_segment(Xs, Ys, x0, y0, x1, y1, r)) * strength, colour)
-
-    # cheeks (AU6): darker, redder bulges that rise under the eyes
+def _draw_eyes(c: _Canvas, g, yaw: float) -> float:
+    """Cheeks (AU6: darker, redder bulges rising under the eyes), then the eyes: sclera, iris clipped to the
+    sclera, dark outline; AU5 widens, AU7 and AU6 narrow. Returns the eye line's y."""
+    sc, cy = c.sc, c.cy
     a6 = g("AU6")
     for side in (-1, 1):
-        ellipse(ex(side * 0.16), cy + (0.1 - 0.06 * a6) * sc, 0.085 * sc, 0.06 * sc, skin * np.array([0.85, 0.55, 0.5], np.float32), 0.15 + 0.7 * a6)
-
-    # eyes: sclera, iris clipped to the sclera, dark outline; AU5 widens, AU7 and AU6 narrow
+        c.ellipse(c.ex(side * 0.16), cy + (0.1 - 0.06 * a6) * sc, 0.085 * sc, 0.06 * sc, c.skin * np.array([0.85, 0.55, 0.5], np.float32), 0.15 + 0.7 * a6)
     eye_y = cy - 0.06 * sc
     eye_w = 0.08 * sc
     eye_h = 0.038 * sc * (1.0 + 1.3 * g("AU5")) * (1.0 - 0.6 * g("AU7")) * (1.0 - 0.35 * a6)
     for side in (-1, 1):
-        ecx = ex(side * 0.14)
+        ecx = c.ex(side * 0.14)
         ecy = eye_y - 0.3 * (eye_h - 0.038 * sc)
         ew = eye_w * (1.0 - 0.25 * max(0.0, -side * yaw))  # far eye looks narrower
         pad = 0.015 * sc
-        win, Xs, Ys = window(ecx - ew - pad, ecy - eye_h - pad, ecx + ew + pad, ecy + eye_h + pad)
+        win, Xs, Ys = c.window(ecx - ew - pad, ecy - eye_h - pad, ecx + ew + pad, ecy + eye_h + pad)
         d_eye = _ellipse(Xs, Ys, ecx, ecy, ew, eye_h)
         a_eye = _cover(d_eye)
         _paint(win, a_eye, (245, 245, 240))
         iris = _cover(_ellipse(Xs, Ys, ecx + 0.02 * yaw * sc, eye_y, 0.032 * sc, 0.032 * sc)) * a_eye
         _paint(win, iris, (35, 28, 25))
         _paint(win, _cover(np.abs(d_eye) - 0.012 * sc), (25, 18, 15))
+    return eye_y
 
-    # brows: thick strokes; AU1 lifts the inner end, AU2 the outer end, AU4 pulls both down and in
+
+def _draw_brows(c: _Canvas, g, eye_y: float) -> None:
+    """Thick strokes; AU1 lifts the inner end, AU2 the outer end, AU4 pulls both down and in (with furrows)."""
+    sc = c.sc
     a1, a2, a4 = g("AU1"), g("AU2"), g("AU4")
     brow_y = eye_y - 0.1 * sc - 0.015 * g("AU5") * sc + 0.02 * g("AU9") * sc
-    brow_colour = np.minimum(hair * 0.6, 45.0)
+    brow_colour = np.minimum(c.hair * 0.6, 45.0)
     for side in (-1, 1):
-        xi = ex(side * (0.065 - 0.035 * a4))
-        xo = ex(side * 0.21)
+        xi = c.ex(side * (0.065 - 0.035 * a4))
+        xo = c.ex(side * 0.21)
         yi = brow_y - (0.09 * a1 - 0.06 * a4) * sc
         yo = brow_y - (0.09 * a2 - 0.02 * a4 + 0.02 * a1 * (1 - a2)) * sc
-        stroke(xi, yi, xo, yo, 0.034 * sc, brow_colour)
+        c.stroke(xi, yi, xo, yo, 0.034 * sc, brow_colour)
     if a4 > 0:  # vertical furrows between knitted brows
         for side in (-1, 1):
-            xf = ex(side * 0.022)
-            stroke(xf, brow_y - 0.01 * sc, xf, brow_y + 0.06 * sc, 0.008 * sc, skin * 0.45, a4)
+            xf = c.ex(side * 0.022)
+            c.stroke(xf, brow_y - 0.01 * sc, xf, brow_y + 0.06 * sc, 0.008 * sc, c.skin * 0.45, a4)
 
-    # nose: a bridge line and nostrils; AU9 adds wrinkles across the bridge and lifts the nostrils
+
+def _draw_nose(c: _Canvas, g, eye_y: float) -> None:
+    """A bridge line and nostrils; AU9 adds wrinkles across the bridge and lifts the nostrils."""
+    sc, skin = c.sc, c.skin
     a9 = g("AU9")
-    nose_y = cy + 0.1 * sc - 0.02 * a9 * sc
-    stroke(ex(0.0), eye_y + 0.02 * sc, ex(0.015), nose_y, 0.01 * sc, skin * 0.7)
+    nose_y = c.cy + 0.1 * sc - 0.02 * a9 * sc
+    c.stroke(c.ex(0.0), eye_y + 0.02 * sc, c.ex(0.015), nose_y, 0.01 * sc, skin * 0.7)
     for side in (-1, 1):
-        ellipse(ex(side * (0.03 + 0.01 * a9)), nose_y, 0.02 * sc * (1 + 0.4 * a9), 0.013 * sc, skin * 0.35)
+        c.ellipse(c.ex(side * (0.03 + 0.01 * a9)), nose_y, 0.02 * sc * (1 + 0.4 * a9), 0.013 * sc, skin * 0.35)
     if a9 > 0:
         for k in range(3):
             yk = eye_y + (0.03 + 0.03 * k) * sc
-            stroke(ex(-0.045), yk, ex(0.045), yk, 0.008 * sc, skin * 0.4, a9)
+            c.stroke(c.ex(-0.045), yk, c.ex(0.045), yk, 0.008 * sc, skin * 0.4, a9)
 
-    # mouth: lips between two curves; corners lift (AU12) or drop (AU15); opens (AU25, AU26)
+
+def _draw_mouth(c: _Canvas, g, jaw: float) -> None:
+    """Lips between two curves; corners lift (AU12) or drop (AU15); opens (AU25, AU26); teeth when smiling or
+    snarling open; the line between the lips, heavier when pressed (AU24)."""
+    sc, skin = c.sc, c.skin
     a10, a12, a15 = g("AU10"), g("AU12"), g("AU15")
     a20, a23, a24, a25, a26 = g("AU20"), g("AU23"), g("AU24"), g("AU25"), g("AU26")
-    my = cy + 0.22 * sc + 0.5 * jaw
-    half_w = (0.13 + 0.035 * a12 + 0.08 * a20 - 0.03 * a26 * (1 - a20) - 0.025 * max(a23, a24)) * sc * squash
+    my = c.cy + 0.22 * sc + 0.5 * jaw
+    half_w = (0.13 + 0.035 * a12 + 0.08 * a20 - 0.03 * a26 * (1 - a20) - 0.025 * max(a23, a24)) * sc * c.squash
     corner = (-0.065 * a12 + 0.07 * a15) * sc  # + = corners down
     gap = (0.035 * a25 + 0.15 * a26 - 0.06 * a20 * a26) * sc
     thick = 0.032 * sc * (1.0 - 0.7 * max(a23, a24))
     upper_lift = 0.035 * a10 * sc
-    mx = ex(0.0)
-    win, Xs, Ys = window(mx - half_w, my - 0.2 * sc, mx + half_w, my + 0.2 * sc)
+    mx = c.ex(0.0)
+    win, Xs, Ys = c.window(mx - half_w, my - 0.2 * sc, mx + half_w, my + 0.2 * sc)
     u = np.clip((Xs - mx) / half_w, -1.0, 1.0)
     bulge = np.sqrt(1.0 - u * u)
     y_mid = my + corner * u * u - 0.35 * corner  # corners move, centre moves a little the other way
@@ -455,17 +494,11 @@ def render_frame(spec: ClipSpec, t: int, size: int, rng: np.random.Generator, te
     _paint(win, _cover(d_lips), skin * np.array([0.72, 0.4, 0.4], np.float32))
     d_open = np.maximum(np.maximum(upper_in - Ys, Ys - lower_in), inside_x + 0.01 * sc)
     _paint(win, _cover(d_open), (45, 12, 14))
-    if a12 + a10 > 0.3:  # teeth show under the upper lip when smiling or snarling with the mouth open
+    if a12 + a10 > 0.3:
         d_teeth = np.maximum(d_open, Ys - (upper_in + 0.035 * sc))
         _paint(win, _cover(d_teeth), (235, 232, 220))
-    # the line between the lips: always there, darker and heavier when pressed (AU24)
     d_line = np.maximum(np.abs(Ys - 0.5 * (upper_in + lower_in)) - (0.006 + 0.01 * a24) * sc, inside_x)
     _paint(win, _cover(d_line), (50, 20, 20))
-
-    # lighting and sensor noise
-    img *= spec.gain * (1.0 + 0.015 * np.sin(0.9 * t + spec.index))
-    img += 2.5 * rng.standard_normal(img.shape, dtype=np.float32)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
