@@ -73,8 +73,7 @@ original's labels and maths as they are, since the checkpoint was trained that w
 SUB_SOURCE = [idx for idx in SUB_LIST for _ in range(2)]
 """For each of the 14 sub AUs (L, R, L, R, ...), the main node whose feature it uses."""
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.extract.networks._normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401  (one home)
 
 
 class LinearBlock(nn.Module):

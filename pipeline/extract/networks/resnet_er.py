@@ -15,8 +15,7 @@ from torch import nn
 
 from pipeline.checkpoints import CheckpointError, check_and_load, load_state_dict_file
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from pipeline.extract.networks._normalise import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402,F401  (one home)
 
 
 def build_resnet_er(num_classes: int, name: str = "resnet50") -> nn.Module:

@@ -28,8 +28,7 @@ from pipeline.checkpoints import CheckpointError, KeyRule, apply_key_map, check_
 
 log = logging.getLogger(__name__)
 
-KINETICS_MEAN = (0.485, 0.456, 0.406)
-KINETICS_STD = (0.229, 0.224, 0.225)
+from pipeline.extract.networks._normalise import KINETICS_MEAN, KINETICS_STD  # noqa: E402,F401  (one home)
 """Video Swin / SwinBERT normalise frames with the ImageNet statistics (mmaction 123.675/58.395, ...)."""
 
 
