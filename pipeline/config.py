@@ -425,7 +425,7 @@ def load_config(preset: str | Path = "demo", overrides: list[str] | None = None)
         else:
             from pipeline.extract.demo_weights import point_weights
 
-            point_weights(cfg)  # the fitted files of this config (a path only: the fit runs in stages.plan)
+            point_weights(cfg)  # the fitted files of this config (a path only: the fit runs in pipeline.chain.plan.prepare)
     return cfg
 
 

@@ -1,6 +1,6 @@
 """Stage one over many processes or machines with `dask.distributed` (DESIGN.md, "Scale").
 
-The driver (stages/extract.py) creates the store and holds the folder's lock; this module splits the
+The driver (pipeline/extract/stage.py) creates the store and holds the folder's lock; this module splits the
 clips that are not done into contiguous shards and submits one task per shard. Each task, on a dask
 worker, builds the extractors itself (same deterministic seed in every process, or the same
 checkpoint files), opens the same Zarr store by its path string (a local path or any fsspec URL

@@ -15,7 +15,7 @@ Two depths, both returning {store row: reason}:
   applies, the zarr API otherwise).
 
 `verify_store` is the repair's check: it first recreates a missing array with the schema (all its rows then
-count as damaged), so stages/extract.py can clear the damaged rows' done flags and extract just those.
+count as damaged), so pipeline/extract/stage.py can clear the damaged rows' done flags and extract just those.
 Rows that are not done are never damage: they are unfinished work a run resumes.
 """
 from __future__ import annotations

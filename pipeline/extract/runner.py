@@ -15,7 +15,7 @@
   side under MIN_SIDE pixels) is extracted and warned about (`ExtractResult.warnings`, naming file).
 - Resume: only clips with done=False are handed in; `done[i]` is written after clip i's arrays.
 
-`extract_into_store` is the whole loop for one process; stages/extract.py drives it (single
+`extract_into_store` is the whole loop for one process; pipeline/extract/stage.py drives it (single
 process) and pipeline/extract/distributed.py calls it on each dask worker for a shard of clips.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each case copies the finished reference cache, damages it one way, then checks the three readers:
 
 - `ecpa status --json`: the extract stage is 'damaged' (not 'fresh'), the reason names the repair;
-- training (`stages.train.run`): refuses with CacheMismatchError (a UserError for a damaged record)
+- training (`pipeline.train.stage.run`): refuses with CacheMismatchError (a UserError for a damaged record)
   naming the damaged clips, before training on anything;
 - `ecpa extract --verify`: repairs it - the damaged clips are computed again, every other clip is kept
   as it was (not recomputed), and the store equals the reference afterwards.

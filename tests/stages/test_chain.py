@@ -69,14 +69,14 @@ class Fakes:
                 raise self.fail[stage]
             p.out_dir.mkdir(parents=True, exist_ok=True)
             if stage == "score":
-                # the layout stages/score.py writes; an unknown emotion accuracy is null
+                # the layout pipeline/score/stage.py writes; an unknown emotion accuracy is null
                 (p.out_dir / "scores.json").write_text(json.dumps(
                     {"metrics": {**fake_metrics(cfg), "Bleu_1": None}, "clips": 3, "notes": []}))
             if stage in self.no_record:
                 return {}
-            # the record's extra carries the metrics, as stages/score.py writes it
+            # the record's extra carries the metrics, as pipeline/score/stage.py writes it
             extra = {"metrics": {**fake_metrics(cfg), "Bleu_1": None}} if stage == "score" else {}
-            if stage == "extract":  # the record vouches for these clips' videos (stages/extract.py)
+            if stage == "extract":  # the record vouches for these clips' videos (pipeline/extract/stage.py)
                 extra["clips_hash"] = p.clips_hash
             rec = StageRecord(stage=stage, key=p.key, version=p.version, config=p.config, parents=p.parents,
                               timings={"total": 0.0}, extra=extra)
