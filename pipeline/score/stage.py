@@ -61,7 +61,7 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, reporter: Reporter | N
     `baselines` (see `training_baselines`), the constant-caption and majority-emotion baselines are
     scored on the same references and stored beside the model's figures. Returns the record parts
     (timings, counts, extra)."""
-    from pipeline.score.coco import ALL_METRICS, length_stats, score_captions, score_captions_per_clip
+    from pipeline.score.coco import ALL_METRICS, length_stats, score_captions_per_clip
 
     reporter = reporter or Reporter()
     t0 = time.perf_counter()
@@ -110,19 +110,8 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, reporter: Reporter | N
         metrics.update(emo)
         notes += emo_notes
 
-    baseline = None
-    if baselines is not None:
-        const = {k: baselines["caption"] for k in res}
-        with reporter.status("scoring the constant-caption baseline"):
-            base_metrics = score_captions(gts, const, metrics=ALL_METRICS, meteor=scfg.meteor)
-        base_metrics["emotion_acc"] = (sum(true[k] == baselines["emotion"] for k in known) / len(known)
-                                       if known and baselines["emotion"] is not None else None)
-        if lexicon is not None:
-            from pipeline.score.emotion import emotion_metrics
-
-            base_metrics.update(emotion_metrics(const, gts, lexicon, base_metrics)[0])
-        baseline = {"caption": baselines["caption"], "emotion": baselines["emotion"],
-                    "emotion_chance": baselines["chance"], "metrics": base_metrics}
+    baseline = (_score_baselines(baselines, res, gts, true, known, scfg, lexicon, reporter)
+                if baselines is not None else None)
 
     out_dir = Path(out_dir)
     payload = {"metrics": metrics, "lengths": lengths, "baseline": baseline, "clips": len(res),
@@ -137,6 +126,24 @@ def score_into(out_dir: Path, caption_dir: Path, scfg, *, reporter: Reporter | N
         "extra": {"metrics": metrics, "lengths": lengths, "baseline": baseline, "notes": notes,
                   "caption_dir": str(caption_dir)},
     }
+
+
+def _score_baselines(baselines: dict, res: dict, gts: dict, true: dict, known: list, scfg, lexicon,
+                     reporter: Reporter) -> dict:
+    """The constant-caption and majority-emotion baselines (pipeline.score.baselines) on the same references."""
+    from pipeline.score.coco import ALL_METRICS, score_captions
+
+    const = {k: baselines["caption"] for k in res}
+    with reporter.status("scoring the constant-caption baseline"):
+        base_metrics = score_captions(gts, const, metrics=ALL_METRICS, meteor=scfg.meteor)
+    base_metrics["emotion_acc"] = (sum(true[k] == baselines["emotion"] for k in known) / len(known)
+                                   if known and baselines["emotion"] is not None else None)
+    if lexicon is not None:
+        from pipeline.score.emotion import emotion_metrics
+
+        base_metrics.update(emotion_metrics(const, gts, lexicon, base_metrics)[0])
+    return {"caption": baselines["caption"], "emotion": baselines["emotion"],
+            "emotion_chance": baselines["chance"], "metrics": base_metrics}
 
 
 def per_clip_csv(res: dict, gts: dict, true: dict, pred: dict, per_clip: dict) -> str:
