@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
+from pipeline.chain.layout import CONFIG_FILE, extract_dir
 from pipeline.config import ExtractConfig
 from pipeline.errors import UserError
 from pipeline.train.data import FEATURE_ARRAYS
@@ -288,14 +289,14 @@ class Captioner:
 def run_extractor_setup(run_dir: Path, cfg, seed: int) -> ExtractorSetup:
     """The extraction a run was trained on: its config's extract section and the checkpoint sha256s that
     the extract stage recorded (cache/<ds>/features/<extract-key>/stage.json, the run's parent)."""
-    from pipeline.records import read_record, short
+    from pipeline.records import read_record
 
     run_dir = Path(run_dir)
     rec = read_record(run_dir)
     if rec is None or rec.get("stage") != "train":
         raise UserError(f"{run_dir}: not a finished training run (no train stage.json); run `ecpa train` first")
     ex_key = rec.get("parents", {}).get("extract")
-    ex_dir = run_dir.parent.parent / "features" / short(str(ex_key))
+    ex_dir = extract_dir(run_dir.parent.parent, str(ex_key))
     ex_rec = read_record(ex_dir) if ex_key else None
     if ex_rec is None or ex_rec.get("key") != ex_key:
         raise UserError(f"{ex_dir}: the extraction this run was trained on has no record any more, so the "
@@ -317,7 +318,7 @@ def captioner_from_run(run_dir: Path | str, *, checkpoint: str = "best", device:
     from pipeline.train.loop import load_trained, resolve_device
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
+    cfg_path = run_dir / CONFIG_FILE
     if not cfg_path.is_file():
         raise UserError(f"{cfg_path}: the run has no config.yaml; not a training run folder")
     cfg = load_config(cfg_path)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.chain.layout import CAPTIONS_DIR, RUNS_DIR, SCORES_DIR
 from pipeline.errors import UserError
 from pipeline.records import RECORD_NAME, DamagedRecordError, read_record
 
@@ -142,9 +143,9 @@ def resolve_run(arg: str, caches: list[Path]) -> Path:
         return path
     if "/" in arg or not arg.strip():
         raise UserError(f"{arg}: no such folder")
-    matches = sorted({d for c in caches for d in (Path(c) / "runs").glob(f"{arg}*") if d.is_dir()})
+    matches = sorted({d for c in caches for d in (Path(c) / RUNS_DIR).glob(f"{arg}*") if d.is_dir()})
     if not matches:
-        where = ", ".join(str(Path(c) / "runs") for c in caches) or "(no cache folders)"
+        where = ", ".join(str(Path(c) / RUNS_DIR) for c in caches) or "(no cache folders)"
         raise UserError(f"{arg}: no run folder with this key prefix under {where}")
     if len(matches) > 1:
         raise UserError(f"{arg}: ambiguous key prefix, matches {', '.join(str(m) for m in matches[:5])}")
@@ -201,7 +202,7 @@ def load_view(path: Path, label: str | None = None) -> RunView:
 def _scored(run_dir: Path) -> list[Scored]:
     """Every finished score output of a run, newest first."""
     out = []
-    for d in sorted((Path(run_dir) / "captions").glob("*/scores/*")):
+    for d in sorted((Path(run_dir) / CAPTIONS_DIR).glob(f"*/{SCORES_DIR}/*")):
         rec = _record(d)
         if rec is None or rec.get("stage") != "score":
             continue
