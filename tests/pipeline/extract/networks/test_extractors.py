@@ -6,7 +6,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import UserError, WeightsMissingError
-from pipeline.extract.networks.extractors import autocast_dtype, build_extractors
+from pipeline.extract.networks.extractors import build_extractors
 from pipeline.records import file_sha256
 
 
@@ -99,16 +99,6 @@ def test_weight_files_load_through_the_real_loaders(tmp_path, small, small_ex):
     assert torch.equal(loaded.au(faces)[0], small.au(faces)[0])
     assert torch.equal(loaded.video(clip), small.video(clip))
     assert loaded.provenance == {k: file_sha256(wd / f"{k}.pth") for k in ("er", "au", "swin")}
-
-
-def test_precision_choice():
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("fp16", torch.device("cpu")) is None
-    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    assert autocast_dtype("fp16", torch.device("cuda")) is torch.float16
-    assert autocast_dtype("fp32", torch.device("cuda")) is None
-    with pytest.raises(UserError, match="extract.precision"):
-        autocast_dtype("half", torch.device("cpu"))
 
 
 def test_unknown_builder_names_are_user_errors(demo_ex):

@@ -1,0 +1,42 @@
+"""pipeline.device: one resolve_device / autocast_dtype / to_device for extraction, training and decoding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.device import autocast_dtype, resolve_device, to_device
+from pipeline.errors import UserError
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def test_extraction_precision_stays_fp32_on_the_cpu():
+    """Frozen extractors: the CPU is always fp32, a GPU gets bf16 by default (extract.precision)."""
+    ex = dict(what="extract.precision", on_cpu=False)
+    assert autocast_dtype("auto", CPU, **ex) is None
+    assert autocast_dtype("fp16", CPU, **ex) is None and autocast_dtype("bf16", CPU, **ex) is None
+    assert autocast_dtype("auto", CUDA, **ex) is torch.bfloat16
+    assert autocast_dtype("fp16", CUDA, **ex) is torch.float16
+    assert autocast_dtype("fp32", CUDA, **ex) is None
+    with pytest.raises(UserError, match="extract.precision"):
+        autocast_dtype("half", CPU, **ex)
+
+
+def test_training_precision_honours_an_explicit_choice_on_the_cpu():
+    """Training: 'auto' is fp32 on the CPU, but bf16 asked for is bf16 there too (the fidelity test trains so)."""
+    assert autocast_dtype("auto", CPU) is None
+    assert autocast_dtype("bf16", CPU) is torch.bfloat16
+    assert autocast_dtype("fp16", CPU) is torch.float16
+    assert autocast_dtype("auto", CUDA) is torch.bfloat16
+    with pytest.raises(UserError, match="train.precision"):
+        autocast_dtype("int8", CPU, what="train.precision")
+
+
+def test_resolve_device_and_to_device():
+    assert resolve_device("cpu") == CPU
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == CPU
+        with pytest.raises(UserError, match="train.device=cuda"):
+            resolve_device("cuda", what="train.device")
+    batch = to_device({"x": torch.ones(2), "ids": ["a", "b"]}, CPU)
+    assert torch.equal(batch["x"], torch.ones(2)) and batch["ids"] == ["a", "b"]
