@@ -1,4 +1,4 @@
-"""stages.caption / stages.score / stages.show / stages.protocols on the tiny demo chain (shared fixture).
+"""pipeline.caption.stage / pipeline.score.stage / stages.show / pipeline.chain.protocols on the tiny demo chain (shared fixture).
 
 Scoring here runs with score.meteor=false (the PTB tokenizer still needs Java); METEOR itself is pinned
 in tests/pipeline/test_scoring.py."""

@@ -1,4 +1,4 @@
-"""`ecpa extract`: the command over stages.extract.run (reuse, --strict, missing weights, export)."""
+"""`ecpa extract`: the command over pipeline.extract.stage.run (reuse, --strict, missing weights, export)."""
 from __future__ import annotations
 
 import json

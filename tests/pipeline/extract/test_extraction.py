@@ -1,4 +1,4 @@
-"""The stage-one runner: resume, bad clips, errors.jsonl, the lock (pipeline.extract.runner + stages.extract)."""
+"""The stage-one runner: resume, bad clips, errors.jsonl, the lock (pipeline.extract.runner + pipeline.extract.stage)."""
 from __future__ import annotations
 
 import json
