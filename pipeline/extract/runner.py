@@ -217,6 +217,20 @@ def batch_size_for(ex: ExtractConfig, device) -> int:
     return AUTO_BATCH["cuda"] if total >= 40 * 2**30 else AUTO_BATCH["cuda_small"]
 
 
+WORKER_PRELOAD = ["torch", "av", "decord", "cv2", "pipeline.extract.runner"]
+"""Modules the forkserver imports once, so each pool's workers start as forks of a process that has them
+(without this every worker imports torch itself: seconds per pool, more on a loaded machine). A module that
+is not installed is skipped by multiprocessing."""
+
+
+def _pool_context():
+    if os.environ.get("ECPA_MP_SPAWN"):
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)  # takes effect when this process's forkserver starts
+    return ctx
+
+
 def prepared_stream(tasks: Sequence[ClipTask], ex: ExtractConfig, workers: int,
                     ahead: int | None = None) -> Iterator[Prepared | Failed]:
     """Prepared clips in task order. With workers > 0 (-1: one per core) a process pool decodes up to `ahead`
@@ -228,7 +242,7 @@ def prepared_stream(tasks: Sequence[ClipTask], ex: ExtractConfig, workers: int,
             yield prepare_clip(t, ex)
         return
     ahead = ahead or lookahead(workers, ex.batch_size)
-    ctx = mp.get_context("spawn" if os.environ.get("ECPA_MP_SPAWN") else "forkserver")
+    ctx = _pool_context()
     todo = iter(tasks)
     with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init, initargs=(asdict(ex),)) as pool:
         in_flight = deque(pool.apply_async(_worker_prepare, (t,)) for t in itertools.islice(todo, ahead))
