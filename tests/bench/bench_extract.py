@@ -170,6 +170,7 @@ def _lookahead_memory(tasks, ext, ex, device, root: Path, delay: float) -> dict:
     out = {"workers": workers, "batch": bs, "bound": bound, "delay_ms": 1e3 * delay, "clips": len(tasks)}
     one = runner.prepare_clip(tasks[0], ex)
     out["clip_mb"] = (one.video.nbytes + one.faces.nbytes) / 1e6
+    del one                                   # it would be counted as held
     original = runner.lookahead
     for name, ahead in (("bounded", original), ("unbounded", lambda w, b: len(tasks))):
         runner.lookahead = ahead

@@ -109,12 +109,13 @@ def check_extract(shapes: Shapes, device: torch.device, clips: int, root: Path) 
     cfg = load_config(shapes.extract_preset, [*shapes.extract_sets, f"extract.device={device.type}"])
     ex = cfg.extract
     if ex.face_detector == "mtcnn":
-        try:
-            from pipeline.extract.mtcnn import _nets
+        from pipeline.errors import UserError
+        from pipeline.extract.mtcnn import _nets
 
+        try:
             _nets()
-        except Exception as e:  # noqa: BLE001 - printed: the check goes on with haar, and says so
-            print(f"note: mtcnn unavailable ({type(e).__name__}: {e}); faces by haar", flush=True)
+        except UserError as e:  # its wheel or onnxruntime is not installed: say so, measure with haar
+            print(f"note: mtcnn unavailable ({e}); faces by haar", flush=True)
             ex.face_detector = "haar"
     ext = build_extractors(ex, len(cfg.data.emotions), device, seed=0)
     tasks = [ClipTask(i, f"demo_{i:04d}", str(root / "clips" / "videos" / f"demo_{i:04d}.mp4")) for i in range(clips)]
