@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--clips", type=int, default=None, help="demo clips to extract (64 on a GPU, 4 with --tiny)")
     ap.add_argument("--batch", type=int, default=None, help="training batch (32 on a GPU, 2 with --tiny)")
     ap.add_argument("--steps", type=int, default=None, help="timed training steps (10 on a GPU, 2 with --tiny)")
+    ap.add_argument("--device", default=None, help="another device for the full-size check (e.g. cpu: slow)")
     a = ap.parse_args(argv)
     shapes = TINY if a.tiny else MAFW
-    if a.tiny:
-        device = torch.device("cpu")
+    if a.device or a.tiny:
+        device = torch.device(a.device or "cpu")
     elif torch.cuda.is_available():
         device = torch.device("cuda")
     else:
