@@ -42,14 +42,15 @@ class PixelExtractors:
     """Stands in for Video Swin, ResNet50-ER and ANFL: per-clip features are channel means of its pixels.
     `delay` seconds per batch make a deliberately slow model; `on_forward` is called inside each forward."""
 
-    def __init__(self, delay: float = 0.0, on_forward=None):
+    def __init__(self, delay: float = 0.0, on_forward=None, first_delay: float | None = None):
         self.delay, self.on_forward, self.calls = delay, on_forward, 0
+        self.first_delay = delay if first_delay is None else first_delay
 
     def video(self, x):                                      # B, 3, T, H, W
         self.calls += 1
         if self.on_forward:
             self.on_forward()
-        time.sleep(self.delay)
+        time.sleep(self.first_delay if self.calls == 1 else self.delay)
         if self.on_forward:
             self.on_forward()
         m = x.mean(dim=(2, 3, 4))                            # B, 3
@@ -87,7 +88,8 @@ def _run_counting(tasks, tmp_path, ex, delay: float) -> tuple[int, object]:
         peak["n"] = max(peak["n"], prepared_alive())
 
     g = new_store(tmp_path / "store.zarr", tasks)
-    runner.extract_into_store(g, tasks, PixelExtractors(delay, sample), ex, "cpu")
+    # the first batch waits longest: time for the pool to decode every clip it is allowed to (a loaded machine too)
+    runner.extract_into_store(g, tasks, PixelExtractors(delay, sample, first_delay=5 * delay), ex, "cpu")
     return peak["n"], g
 
 
