@@ -16,7 +16,8 @@ share of decode, faces, models and writes. Last, (e) with the models slowed by -
 clips): the most decoded clips held at once with the bounded look-ahead vs an unbounded one (what Pool.imap did).
 
 --mafw-shapes: the paper's shapes with random weights (resnet50, anfl_resnet50, swin3d_b) on the real
-MAFW samples (repeated to --clips), clips/s and peak GPU memory on CUDA. On a CPU keep --clips 1-2.
+MAFW samples (repeated to --clips; generated demo clips where ../shared is absent), clips/s and peak GPU
+memory on CUDA. On a CPU keep --clips 1-2.
 """
 from __future__ import annotations
 
@@ -256,8 +257,14 @@ def _mafw(args) -> dict:
     cfg = load_config("mafw", ["extract.random_init=true", f"extract.batch_size={args.batch}"])
     samples = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mafw_samples"
     vids = sorted(samples.glob("*.mp4"))
-    if not vids:
-        raise SystemExit(f"no MAFW samples at {samples}")
+    if not vids:  # a machine with the repository only (the GPU machine): demo clips made here, 384 px, 96 frames
+        from pipeline.data.demo import generate
+        from pipeline.extract.runner import usable_cores
+
+        gen = Path(tempfile.mkdtemp(prefix="bench_extract_clips_"))
+        generate(gen, n_clips=min(args.clips, 16), seed=0, frames=96, size=96, video_size=384, workers=usable_cores())
+        vids = sorted((gen / "videos").glob("*.mp4"))
+        print(f"no MAFW samples at {samples}: {len(vids)} generated demo clips (384 px, 96 frames) instead")
     tasks = [ClipTask(i, f"c{i}", str(vids[i % len(vids)])) for i in range(args.clips)]
     device = resolve_device(cfg.extract.device)
     ext = build_extractors(cfg.extract, len(cfg.data.emotions), device, seed=0)
