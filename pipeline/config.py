@@ -116,10 +116,11 @@ class ExtractConfig:
     """Demo preset only: passes of the extractor fit over the training face crops (Video Swin: 2/3 of them)."""
     precision: str = "auto"
     """Autocast dtype: auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."""
-    batch_size: int = knob(4)
-    """Clips per forward batch."""
-    workers: int = knob(2)
-    """Decoding worker processes overlapped with compute."""
+    batch_size: int = knob(0)
+    """Clips per forward batch; 0: by device (4 on a CPU, 16 on a GPU of 40 GiB or more, else 8:
+    pipeline.extract.runner.batch_size_for)."""
+    workers: int = knob(-1)
+    """Decoding worker processes overlapped with compute; -1: one per usable core, 0: in the main process."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
     log_every: int = knob(100)

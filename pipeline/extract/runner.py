@@ -1,13 +1,18 @@
 """The stage-one runner: decode each clip once, feed all three frozen extractors, write the store.
 
-    workers (processes)                      main process (device)
-    decode_clip -> find_faces -> crops  ==>  batch of B clips -> Video Swin, ResNet50-ER, ANFL
-    (Prepared / Failed, in clip order)       -> write arrays of clip i, then done[i] = True
+    workers (processes)                      main process (device)                 writer thread
+    decode_clip -> find_faces -> crops  ==>  batch of B clips -> Video Swin,   ==>  arrays of the batch,
+    (Prepared / Failed, in clip order)       ResNet50-ER, ANFL                      then their done flags
 
 - One decode per clip: the centre-cropped T frames go to Video Swin, face crops of all F = T frames
   to ResNet50-ER, face crops of F_au evenly spaced frames among them to ANFL.
-- Decoding and face finding run in a `multiprocessing` pool (extract.workers; 0 = in-process),
-  `imap` with a small look-ahead, so the CPU prepares the next clips while the device computes.
+- Decoding and face finding run in a `multiprocessing` pool (extract.workers: -1 = one per usable core,
+  0 = in-process). The look-ahead is bounded (`lookahead`): at most that many clips are submitted and not
+  yet taken by the loop, so however slow the models are, at most lookahead + batch decoded clips are held.
+- Batch size by device (`batch_size_for`): extract.batch_size=0 picks 4 on a CPU, 8 or 16 on a GPU.
+- Store writes run on a thread of their own (`StoreWriter`) behind a bounded queue, one zarr call per
+  array per batch; the loop computes the next batch meanwhile. A write error stops the writer and is
+  raised in the loop's thread as StoreWriteError naming the clips (the OSError is its cause).
 - A clip that fails (ClipError: missing, empty, truncated, not a video; every reason names the file)
   comes back as a `Failed` item; the run records it and goes on. A clip without a face is not a
   failure: it gets the fallback box (pipeline.extract.faces), recorded per frame in face/source.
@@ -20,10 +25,14 @@ process) and pipeline/extract/distributed.py calls it on each dask worker for a 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
+import queue
+import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -66,7 +75,12 @@ class Prepared:
     """(F,) uint8 face/source codes (pipeline.extract.store.FACE_SOURCES)."""
     decoder: str
     seconds: float
+    """Decode + faces, in the worker."""
     notes: list[str] = field(default_factory=list)
+    decode_seconds: float = 0.0
+    """Of `seconds`: decoding and resizing the frames."""
+    face_seconds: float = 0.0
+    """Of `seconds`: finding the faces and cutting the crops."""
 
 
 @dataclass
@@ -87,8 +101,15 @@ class ExtractResult:
     decoders: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     decode_seconds: float = 0.0
+    """Worker time decoding frames (summed over clips: with W workers it overlaps the rest)."""
+    face_seconds: float = 0.0
+    """Worker time finding faces and cutting crops (summed over clips)."""
     compute_seconds: float = 0.0
+    """Loop time in the three extractors (device work, copies to the host included)."""
     write_seconds: float = 0.0
+    """Writer-thread time in store writes (overlaps the loop)."""
+    wait_seconds: float = 0.0
+    """Loop time waiting for decoded clips (decoding is the limit when this is large) or for a full write queue."""
     warnings: list[dict] = field(default_factory=list)
     """{'clip_id', 'video', 'warning'} for clips extracted with a warning (too short, too small, decoder fallback)."""
 
@@ -99,6 +120,8 @@ class ExtractResult:
         for k, v in other.decoders.items():
             self.decoders[k] = self.decoders.get(k, 0) + v
         self.decode_seconds += other.decode_seconds
+        self.face_seconds += other.face_seconds
+        self.wait_seconds += other.wait_seconds
         self.compute_seconds += other.compute_seconds
         self.write_seconds += other.write_seconds
 
@@ -110,14 +133,16 @@ def prepare_clip(task: ClipTask, ex: ExtractConfig) -> Prepared | Failed:
     t0 = time.perf_counter()
     try:
         clip = decode_clip(task.video, ex.num_frames, ex.size, ex.crop, face_size=ex.face_size)
+        t1 = time.perf_counter()
         track = find_faces(clip, ex.face_detector, video_path=task.video)
         faces = crop_faces(clip.source, track.boxes, ex.face_size, scale=clip.scale)
     except ClipError as e:
         reason = e.reason if str(task.video) in e.reason else f"{e.reason} ({task.video})"
         return Failed(task.index, task.clip_id, task.video, reason)
+    t2 = time.perf_counter()
     notes = list(clip.notes) + size_warnings(clip)
     return Prepared(task.index, task.clip_id, clip.frames, faces, to_crop_coords(track.boxes, clip.crop_offset),
-                    track.source, clip.decoder, time.perf_counter() - t0, notes)
+                    track.source, clip.decoder, t2 - t0, notes, decode_seconds=t1 - t0, face_seconds=t2 - t1)
 
 
 def size_warnings(clip) -> list[str]:
@@ -148,15 +173,86 @@ def _worker_prepare(task: ClipTask) -> Prepared | Failed:
     return prepare_clip(task, _WORKER_EX)
 
 
-def prepared_stream(tasks: Sequence[ClipTask], ex: ExtractConfig, workers: int) -> Iterator[Prepared | Failed]:
-    """Prepared clips in task order; with workers > 0 decoded by a process pool ahead of the consumer."""
+# ---- how many processes, how far ahead, how many clips per batch ----------------------------------
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or a job's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def decode_workers(requested: int) -> int:
+    """extract.workers as a process count: -1 = one per usable core, 0 = decode in the loop's process."""
+    if requested < -1:
+        from pipeline.errors import UserError
+
+        raise UserError(f"extract.workers={requested}; expected -1 (one per core), 0 (in-process) or a count")
+    return usable_cores() if requested == -1 else requested
+
+
+def lookahead(workers: int, batch_size: int) -> int:
+    """Clips submitted to the pool and not yet taken by the loop: enough for every worker to hold two and
+    for a whole next batch to be decoding while the device computes one."""
+    return max(2 * workers, batch_size, 1)
+
+
+AUTO_BATCH = {"cpu": 4, "cuda_small": 8, "cuda": 16}
+"""extract.batch_size=0: clips per forward batch by device (a GPU under 40 GiB gets cuda_small)."""
+
+
+def batch_size_for(ex: ExtractConfig, device) -> int:
+    """extract.batch_size, or by device when it is 0: larger on a GPU, where a batch of 4 clips leaves the
+    device idle between launches; on a CPU a larger batch only holds more frames in memory."""
+    if ex.batch_size < 0:
+        from pipeline.errors import UserError
+
+        raise UserError(f"extract.batch_size={ex.batch_size}; expected 0 (by device) or a count of clips")
+    if ex.batch_size:
+        return ex.batch_size
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return AUTO_BATCH["cpu"]
+    total = torch.cuda.get_device_properties(device).total_memory
+    return AUTO_BATCH["cuda"] if total >= 40 * 2**30 else AUTO_BATCH["cuda_small"]
+
+
+WORKER_PRELOAD = ["torch", "av", "decord", "cv2", "pipeline.extract.runner"]
+"""Modules the forkserver imports once, so each pool's workers start as forks of a process that has them
+(without this every worker imports torch itself: seconds per pool, more on a loaded machine). A module that
+is not installed is skipped by multiprocessing."""
+
+
+def _pool_context():
+    if os.environ.get("ECPA_MP_SPAWN"):
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(WORKER_PRELOAD)  # takes effect when this process's forkserver starts
+    return ctx
+
+
+def prepared_stream(tasks: Sequence[ClipTask], ex: ExtractConfig, workers: int,
+                    ahead: int | None = None) -> Iterator[Prepared | Failed]:
+    """Prepared clips in task order. With workers > 0 (-1: one per core) a process pool decodes up to `ahead`
+    clips (default `lookahead`) beyond the one the consumer was last given: a slow consumer never makes
+    decoded clips pile up (Pool.imap would queue every clip's result)."""
+    workers = decode_workers(workers)
     if workers <= 0 or len(tasks) <= 1:
         for t in tasks:
             yield prepare_clip(t, ex)
         return
-    ctx = mp.get_context("spawn" if os.environ.get("ECPA_MP_SPAWN") else "forkserver")
+    ahead = ahead or lookahead(workers, ex.batch_size)
+    ctx = _pool_context()
+    todo = iter(tasks)
     with ctx.Pool(min(workers, len(tasks)), initializer=_worker_init, initargs=(asdict(ex),)) as pool:
-        yield from pool.imap(_worker_prepare, tasks, chunksize=1)
+        in_flight = deque(pool.apply_async(_worker_prepare, (t,)) for t in itertools.islice(todo, ahead))
+        while in_flight:
+            item = in_flight.popleft().get()
+            nxt = next(todo, None)
+            if nxt is not None:  # one out, one in: never more than `ahead` results held by the pool
+                in_flight.append(pool.apply_async(_worker_prepare, (nxt,)))
+            yield item
+            del item  # the consumer holds its own reference; ours must not outlive it while we wait
 
 
 # ---- the extractor forward passes -----------------------------------------------------------------
@@ -199,9 +295,119 @@ def run_extractors(extractors, batch: list[Prepared], ex: ExtractConfig, device)
 
 def write_clip(g, index: int, arrays: dict[str, np.ndarray]) -> None:
     """Arrays of one clip, then done[index] = True (the order resume relies on)."""
-    for name, value in arrays.items():
-        g[name][index] = value
-    g["done"][index] = True
+    write_batch(g, [index], [arrays])
+
+
+def write_batch(g, rows: Sequence[int], arrays: Sequence[dict[str, np.ndarray]]) -> None:
+    """Arrays of a batch of clips (one zarr call per array: its chunks go out concurrently), then their done
+    flags, after every array of every clip in the batch (the order resume relies on)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    contiguous = bool(np.all(np.diff(rows) == 1))
+    for name in arrays[0]:
+        value = np.stack([a[name] for a in arrays])
+        if contiguous:
+            g[name][int(rows[0]): int(rows[-1]) + 1] = value
+        else:
+            g[name].oindex[rows] = value
+    g["done"].oindex[rows] = True
+
+
+@dataclass
+class Written:
+    """A clip on its way to the store: what the loop hands the writer (features only, no frames)."""
+
+    index: int
+    clip_id: str
+    decoder: str
+    arrays: dict[str, np.ndarray]
+
+
+class StoreWriteError(RuntimeError):
+    """A store write failed in the writer thread; raised in the loop's thread, naming the clips. The original
+    exception (an OSError for a full disk) is its __cause__."""
+
+    def __init__(self, clip_ids: list[str], error: BaseException):
+        self.clip_ids = clip_ids
+        super().__init__(f"writing clip(s) {', '.join(clip_ids)} to the feature store failed: "
+                         f"{type(error).__name__}: {error}")
+
+
+class StoreWriter:
+    """Writes batches of clips into the store on a thread of its own, behind a queue of at most `depth`
+    batches (a full queue blocks the loop: memory stays bounded when writes are the slow part).
+
+    `put(batch)` queues one batch; `finished()` returns the batches written since the last call (the loop
+    counts them and reports progress, in its own thread); `close()` writes what is queued and joins, or with
+    `abandon=True` (the loop is failing) drops what is queued and joins. Once a write fails the writer
+    stops, and the next `put`, `finished` or `close` raises StoreWriteError naming the batch's clips."""
+
+    def __init__(self, g, depth: int = 2):
+        self.g = g
+        self.seconds = 0.0
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: StoreWriteError | None = None
+        self._thread = threading.Thread(target=self._run, name="ecpa-store-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                write_batch(self.g, [w.index for w in batch], [w.arrays for w in batch])
+            except BaseException as e:  # noqa: BLE001 - handed to the loop's thread, which raises it
+                err = StoreWriteError([w.clip_id for w in batch], e)
+                err.__cause__ = e
+                self._error = err
+                return
+            self.seconds += time.perf_counter() - t0
+            self._done.put(batch)
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def put(self, batch: list[Written]) -> None:
+        while True:
+            self._raise()
+            if not self._thread.is_alive():
+                raise RuntimeError("the store writer thread has stopped")
+            try:
+                self._queue.put(batch, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def finished(self, check: bool = True) -> list[list[Written]]:
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        if check:
+            self._raise()
+        return out
+
+    def close(self, abandon: bool = False) -> None:
+        if abandon:  # drop queued batches: their clips are not done and a resumed run computes them again
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+        while self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=0.05)
+                break
+            except queue.Full:
+                continue
+        self._thread.join()
+        if not abandon:
+            self._raise()
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -219,14 +425,25 @@ def extract_into_store(
     result: ExtractResult | None = None,
 ) -> ExtractResult:
     """Prepare, forward and write `tasks` into the open store group `g`. `on_clip(kind, n)` is called
-    with kind 'done' or 'failed' after each clip (progress bars), `on_failure(f)` with each failure as
-    it happens (errors.jsonl is appended at once, so even a killed run keeps its reasons). `result` is
-    filled in place when given, so a caller sees the counts of an interrupted run too."""
-    workers = ex.workers if workers is None else workers
+    with kind 'done' or 'failed' after each clip (progress bars; 'done' once its done flag is written),
+    `on_failure(f)` with each failure as it happens (errors.jsonl is appended at once, so even a killed run
+    keeps its reasons). `result` is filled in place when given, so a caller sees the counts of an
+    interrupted run too. Both callbacks run in the caller's thread. Returns only once every write ended."""
+    workers = decode_workers(ex.workers if workers is None else workers)
+    batch_size = batch_size_for(ex, device)
     res = ExtractResult() if result is None else result
     t_start = time.perf_counter()
     pending: list[Prepared] = []
     task_of = {t.index: t for t in tasks}
+    writer = StoreWriter(g)
+
+    def count(batches: list[list[Written]]) -> None:
+        for batch in batches:
+            for w in batch:
+                res.done += 1
+                res.decoders[w.decoder] = res.decoders.get(w.decoder, 0) + 1
+            if on_clip:
+                on_clip("done", len(batch))
 
     def flush() -> None:
         if not pending:
@@ -234,33 +451,49 @@ def extract_into_store(
         t0 = time.perf_counter()
         arrays = run_extractors(extractors, pending, ex, device)
         t1 = time.perf_counter()
-        for p, a in zip(pending, arrays):
-            write_clip(g, p.index, a)
-            res.done += 1
-            res.decoders[p.decoder] = res.decoders.get(p.decoder, 0) + 1
-            if on_clip:
-                on_clip("done", 1)
+        writer.put([Written(p.index, p.clip_id, p.decoder, a) for p, a in zip(pending, arrays)])
         res.compute_seconds += t1 - t0
-        res.write_seconds += time.perf_counter() - t1
+        res.wait_seconds += time.perf_counter() - t1
         pending.clear()
+        count(writer.finished())
 
-    for item in prepared_stream(tasks, ex, workers):
-        if isinstance(item, Failed):
-            res.failed.append(item)
-            if on_failure:
-                on_failure(item)
-            if on_clip:
-                on_clip("failed", 1)
-            continue
-        res.decode_seconds += item.seconds
-        res.warnings += [{"clip_id": item.clip_id, "video": str(task_of[item.index].video),
-                          "warning": n} for n in item.notes]
-        pending.append(item)
-        if len(pending) >= ex.batch_size:
-            flush()
-    flush()
-    res.seconds = time.perf_counter() - t_start
+    ok = False
+    stream = prepared_stream(tasks, ex, workers, ahead=lookahead(workers, batch_size))
+    try:
+        t_wait = time.perf_counter()
+        for item in stream:
+            res.wait_seconds += time.perf_counter() - t_wait
+            _take(item, res, task_of, pending, on_clip, on_failure)
+            if len(pending) >= batch_size:
+                flush()
+            t_wait = time.perf_counter()
+        flush()
+        ok = True
+    finally:
+        stream.close()  # ends the decoding pool now, not when the generator is collected
+        try:
+            writer.close(abandon=not ok)
+        finally:  # batches written before a failure are done in the store: count them too
+            count(writer.finished(check=False))
+            res.write_seconds += writer.seconds
+            res.seconds = time.perf_counter() - t_start
     return res
+
+
+def _take(item: Prepared | Failed, res: ExtractResult, task_of: dict, pending: list, on_clip, on_failure) -> None:
+    """Account one item of the stream: a failure is recorded and reported, a prepared clip joins the batch."""
+    if isinstance(item, Failed):
+        res.failed.append(item)
+        if on_failure:
+            on_failure(item)
+        if on_clip:
+            on_clip("failed", 1)
+        return
+    res.decode_seconds += item.decode_seconds
+    res.face_seconds += item.face_seconds
+    res.warnings += [{"clip_id": item.clip_id, "video": str(task_of[item.index].video), "warning": n}
+                     for n in item.notes]
+    pending.append(item)
 
 
 # ---- errors.jsonl --------------------------------------------------------------------------------

@@ -229,6 +229,7 @@ def _record_parts(cfg: Config, p, g, store_path, errors_path, rows, ids, done_be
     return {
         "timings": {"total_s": round(seconds, 3), "build_s": round(t_build, 3),
                     "loop_s": round(result.seconds, 3), "decode_s": round(result.decode_seconds, 3),
+                    "face_s": round(result.face_seconds, 3), "wait_s": round(result.wait_seconds, 3),
                     "compute_s": round(result.compute_seconds, 3), "write_s": round(result.write_seconds, 3)},
         "counts": counts,
         "extra": {"store": str(store_path), "errors": str(errors_path), "weights": dict(extractors.provenance),

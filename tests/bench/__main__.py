@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tests.bench._table import (IS_TRUE, REPORT, Results, Row, at_least, error_row, fmt_num, machine_info, under,
-                               within)
+from tests.bench._table import (IS_TRUE, REPORT, Results, Row, Target, at_least, error_row, fmt_num, machine_info,
+                               under, within)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -133,6 +133,18 @@ def rows_loader(r: dict) -> list[Row]:
     return rows
 
 
+def rows_loader_inloop(r: dict) -> list[Row]:
+    """bench_loader --in-loop: training on cached features vs the frozen extractors in the loop, done fairly."""
+    rate = need(r, "steps_per_s")
+    return [Row(what=f"stage-two training steps/s on cached features vs frozen {' + '.join(r.get('extractors') or ['?'])} "
+                     f"in the loop, {r.get('preset', '?')} preset, batch {need(r, 'batch')}",
+                figure=need(rate, "cached"), unit="steps/s", higher_is_better=True, baseline=need(rate, "in_loop"),
+                baseline_what=f"decode + faces in {need(r, 'workers')} DataLoader workers, the three extractors "
+                              "in the loop (fair in-loop baseline)", target=REPORT,
+                detail=f"median of {r.get('rounds')} interleaved runs of {r.get('steps')} steps each side, warm-up "
+                       f"excluded ({r.get('warm_steps')})", bench="bench_loader --in-loop")]
+
+
 def rows_decode(r: dict) -> list[Row]:
     what = (f"greedy decoding with the prefix cache, MAFW shapes (784 video tokens, 12 layers), "
             f"{need(r, 'clips')} clip(s), max length {r.get('max_length')}: seconds")
@@ -198,7 +210,31 @@ def rows_extract(r: dict) -> list[Row]:
                 figure=need(shared, "clips_per_s"), unit="clips/s", higher_is_better=True,
                 baseline=need(separate, "clips_per_s"), baseline_what="one decode per extractor",
                 detail=f"decode+faces {shared.get('decode_s', 0):.1f} s, extractors {shared.get('compute_s', 0):.1f} s",
-                target=at_least(2), bench="bench_extract")]
+                target=at_least(2), bench="bench_extract")] + rows_extract_runner(r)
+
+
+def rows_extract_runner(r: dict) -> list[Row]:
+    """The production runner against the serial loop (clips/s, where the time goes), and the look-ahead bound."""
+    if "runner" not in r:     # an older bench_extract result: the first row alone
+        return []
+    run, serial, mem = need(r, "runner"), need(r, "serial"), need(r, "lookahead")
+    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in need(r, "shares").items())
+    bound = need(mem, "bound")
+    return [
+        Row(what=f"extraction as stage one runs it (extract_into_store: {run.get('workers')} decoding workers, "
+                 f"bounded look-ahead, writer thread), {r.get('mode', '?')} preset, {r.get('clips')} clips "
+                 f"({r.get('device', '?')}): clips/s", figure=need(run, "clips_per_s"), unit="clips/s",
+            higher_is_better=True, baseline=need(serial, "clips_per_s"),
+            baseline_what="one thread: decode, faces, models, write in turn", target=REPORT,
+            detail=f"serial time shares: {shares}; the runner's loop waited {run.get('wait_s', 0):.1f} s of "
+                   f"{run.get('seconds', 0):.1f} s for decoded clips", bench="bench_extract"),
+        Row(what=f"extraction with the models slowed by {mem.get('delay_ms', 0):.0f} ms per batch of "
+                 f"{mem.get('batch')}, {mem.get('clips')} clips, {mem.get('workers')} workers: most decoded clips "
+                 "held in memory at once", figure=need(mem, "peak_bounded"), unit="clips",
+            baseline=need(mem, "peak_unbounded"), baseline_what="unbounded look-ahead (Pool.imap, as before)",
+            target=Target("under", bound + 0.5, f"<= {bound} (look-ahead + batch)"),
+            detail=f"{mem.get('clip_mb', 0):.2f} MB of frames and face crops per clip", bench="bench_extract"),
+    ]
 
 
 def rows_score(r: dict) -> list[Row]:
@@ -241,8 +277,12 @@ SPECS = [
     Spec("loader", "bench_loader", ["--clips", "96", "--rounds", "6", "--steps", "10"], rows_loader, 150,
          "stage-two data loading from the feature store (in RAM, streaming, streaming behind compute), MAFW shapes, batch 32",
          ["--clips", "64", "--small", "--rounds", "3", "--steps", "3"]),
+    Spec("loader_inloop", "bench_loader", ["--in-loop", "--clips", "24", "--batch", "8", "--steps", "4", "--rounds", "2"],
+         rows_loader_inloop, 200, "stage-two training on cached features vs the three frozen extractors in the loop",
+         ["--in-loop", "--clips", "12", "--batch", "4", "--steps", "2", "--rounds", "2"]),
     Spec("score", "bench_score", [], rows_score, 90, "scoring 1,600 captions, all four metrics"),
-    Spec("extract", "bench_extract", [], rows_extract, 150, "extraction, one decode for all three extractors"),
+    Spec("extract", "bench_extract", ["--repeats", "2"], rows_extract, 240,
+         "extraction: one decode for all three extractors; the runner vs the serial loop; look-ahead bound"),
     Spec("train", "bench_train", [], rows_train, 150, "stage-two training step on cached tensors"),
     Spec("decode", "bench_decode", ["--clips", "1", "--max-length", "20"], rows_decode, 200,
          "greedy decoding with the prefix cache, MAFW shapes"),

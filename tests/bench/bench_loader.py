@@ -18,6 +18,17 @@ the in-memory baseline under the same compute. Also the in-RAM path's one-time b
 Every variant's batches are checked equal to the baseline's.
 
     .venv/bin/python -m tests.bench.bench_loader [--clips 128] [--rounds 8] [--compute-ms 150] [--workers N]
+
+--in-loop: the cached-vs-in-loop ratio, fairly. Training steps/s on cached features (the in-RAM path with
+plan_loading's options) against the same steps with the three frozen extractors in the loop, as a user who
+does not cache would run them: decoding, face finding and cropping (pipeline.extract.runner.prepare_clip) in
+DataLoader workers (one per usable core), then Video Swin, ResNet50-ER and ANFL (run_extractors, inference
+mode) and the step in the main process. Demo preset (random-init extractors of the demo's sizes), batch
+--batch. Each run starts a fresh DataLoader; warm-up is excluded on both sides (worker start-up, the prefetch
+buffer's first fill, first-step allocations: the first prefetch x workers + 2 steps), then --steps timed steps;
+runs alternate cached / in-loop for --rounds rounds, median rate of each.
+
+    .venv/bin/python -m tests.bench.bench_loader --in-loop [--clips 24] [--batch 8] [--steps 4] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -190,6 +201,125 @@ def time_hidden(s: Setup, batch: int, plan: LoadPlan, compute_s: float, steps: i
             "mean": {k: statistics.fmean(v) for k, v in waits.items()}}
 
 
+# ---- the fair in-loop baseline (--in-loop) ----------------------------------------------------------
+
+class _NoFeatures:
+    """A FeatureSource stand-in that reads nothing: the in-loop side computes its features."""
+
+    def get(self, row: int) -> dict:
+        return {}
+
+
+class InLoopPairs(torch.utils.data.Dataset):
+    """CaptionPairs items with the clip decoded, its faces found and cropped (runs in the DataLoader workers)."""
+
+    def __init__(self, pairs: CaptionPairs, video_of: dict[str, str], ex):
+        self.pairs, self.video_of, self.ex = pairs, video_of, ex
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, idx: int) -> dict:
+        from pipeline.extract.runner import ClipTask, Failed, prepare_clip
+
+        item = self.pairs[idx]
+        p = prepare_clip(ClipTask(idx, item["clip_id"], self.video_of[item["clip_id"]]), self.ex)
+        if isinstance(p, Failed):
+            raise RuntimeError(p.reason)
+        return {**item, "prepared": p}
+
+
+def _in_loop_batch(items: list[dict], ext, ex, pad_id: int) -> dict:
+    """The three frozen extractors on the batch's decoded clips, then the same collate as the cached side."""
+    from pipeline.extract.runner import run_extractors
+
+    arrays = run_extractors(ext, [it.pop("prepared") for it in items], ex, torch.device("cpu"))
+    return collate([{**it, **{k: a[name] for k, name in FEATURE_ARRAYS.items()}} for it, a in zip(items, arrays)],
+                   pad_id)
+
+
+def _timed_run(loader: DataLoader, to_batch, step, warm: int, steps: int) -> float:
+    """Steps/s over `steps` steps after `warm` untimed ones, on a fresh iterator of `loader`."""
+    it = iter(loader)
+    for _ in range(warm):
+        step(to_batch(next(it)))
+    t = time.perf_counter()
+    for _ in range(steps):
+        step(to_batch(next(it)))
+    rate = steps / (time.perf_counter() - t)
+    del it                                          # ends this run's workers
+    return rate
+
+
+def in_loop_setup(root: Path, clips: int):
+    """Demo data, its store (written by the production runner) and what both sides share."""
+    from pipeline.config import load_config
+    from pipeline.data.manifest import ensure_manifest, read_manifest
+    from pipeline.extract.networks.extractors import build_extractors
+    from pipeline.extract.runner import extract_into_store
+    from pipeline.train.model import build_model
+
+    cfg = load_config("demo", [f"data.root={root / 'data'}", f"data.cache_root={root / 'cache'}",
+                               f"data.demo_clips={clips}", "extract.random_init=true"])
+    ensure_manifest(cfg)
+    manifest = read_manifest(cfg.manifest_path)
+    ex = cfg.extract
+    ext = build_extractors(ex, len(cfg.data.emotions), "cpu", seed=0)
+    store = root / "store.zarr"
+    g = create_store(store, [c.id for c in manifest], ext.shapes(ex.num_frames, ex.au_frames, ex.crop), {})
+    extract_into_store(g, [_task(i, c) for i, c in enumerate(manifest)], ext, ex, "cpu")
+    from pipeline.train.data import match_clips, open_checked_store
+
+    g, shapes = open_checked_store(store)
+    refs, _ = match_clips(g, store, manifest, ("train",))
+    tok = train_wordpiece([c for r in refs for c in r.captions], cfg.model.vocab_size)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tok, num_emotions=len(cfg.data.emotions), shapes=shapes).train()
+    return cfg, ext, store, shapes, refs, tok, model, {c.id: c.video for c in manifest}
+
+
+def _task(i: int, clip):
+    from pipeline.extract.runner import ClipTask
+
+    return ClipTask(i, clip.id, clip.video)
+
+
+def in_loop(clips: int, batch: int, steps: int, rounds: int) -> dict:
+    from pipeline.extract.runner import decode_workers
+    from tests.bench.bench_train import _step   # the same training step as bench_train's cached rows
+
+    with tempfile.TemporaryDirectory(prefix="bench_inloop_") as tmp:
+        cfg, ext, store, shapes, refs, tok, model, video_of = in_loop_setup(Path(tmp), clips)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        rows = [r.row for r in refs]
+        plan = plan_loading(shapes, rows, ram_cache_gb=cfg.train.ram_cache_gb, num_workers=cfg.train.num_workers)
+        cached_ds = CaptionPairs(refs, FeatureSource(store, rows, in_memory=plan.in_memory), tok, cfg.model.max_caption_len)
+        raw_ds = InLoopPairs(CaptionPairs(refs, _NoFeatures(), tok, cfg.model.max_caption_len), video_of, cfg.extract)
+        workers = decode_workers(-1)
+        many = lambda n: ManyEpochs(EpochSampler(n, 0), epochs=64)   # noqa: E731 - never runs dry mid-run
+        cached = _loader(cached_ds, many(len(cached_ds)), batch, tok.pad_id, plan)
+        raw = DataLoader(raw_ds, batch_size=batch, sampler=many(len(raw_ds)), collate_fn=list, num_workers=workers,
+                         persistent_workers=False, prefetch_factor=2)
+        warm = {"cached": 2 * max(plan.num_workers, 1) + 2, "in_loop": 2 * workers + 2}
+        step = lambda b: _step(model, opt, b, tok, cfg.train, torch.device("cpu"))   # noqa: E731
+        sides = {"cached": (cached, lambda b: b), "in_loop": (raw, lambda items: _in_loop_batch(items, ext, cfg.extract,
+                                                                                                   tok.pad_id))}
+        rates: dict[str, list[float]] = {"cached": [], "in_loop": []}
+        for r in range(rounds):
+            for name in (("cached", "in_loop") if r % 2 == 0 else ("in_loop", "cached")):
+                loader, to_batch = sides[name]
+                rates[name].append(_timed_run(loader, to_batch, step, warm[name], steps))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    res = {"in_loop": True, "preset": "demo", "batch": batch, "clips": clips, "steps": steps, "rounds": rounds,
+           "workers": workers, "cached_workers": plan.num_workers, "warm_steps": warm,
+           "steps_per_s": med, "runs": rates, "ratio": med["cached"] / med["in_loop"],
+           "extractors": [cfg.extract.swin, cfg.extract.er_model, cfg.extract.au_model]}
+    print(f"demo preset, batch {batch}: cached {med['cached']:.3f} steps/s vs in-loop (decode in {workers} DataLoader "
+          f"workers, {' + '.join(res['extractors'])} frozen) {med['in_loop']:.3f} steps/s: {res['ratio']:.1f}x "
+          f"(median of {rounds} interleaved runs of {steps} steps; warm-up {warm} steps excluded)")
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m tests.bench.bench_loader", description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, default=128, help="clips in the temporary store (default 128, ~270 MB)")
@@ -204,7 +334,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--small", action="store_true", help="small per-clip shapes instead of MAFW's (quick check)")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the store (default: a temporary folder)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--in-loop", action="store_true", help="cached vs frozen extractors in the loop (demo preset)")
     args = ap.parse_args(argv)
+    if args.in_loop:
+        return in_loop(args.clips, args.batch, args.steps, args.rounds)
     shapes = SMALL_SHAPES if args.small else MAFW_SHAPES
     if args.clips < args.batch:
         ap.error("--clips must be at least --batch")

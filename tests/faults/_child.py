@@ -4,7 +4,7 @@
     python -m tests.faults._child -- ecpa-train --cache ... --set ...
 
 --log    append one line per store write of the extraction runner: `S <index>` before clip <index>'s
-         arrays are written, `D <index>` once its done flag is set (pipeline.extract.runner.write_clip is
+         arrays are written, `D <index>` once its done flag is set (pipeline.extract.runner.write_batch is
          wrapped; the lines are written unbuffered with O_APPEND, so a SIGKILL loses none that happened).
          This is how the tests count clips computed per run and clips computed twice.
 --fsize  cap the size of any file this process writes (RLIMIT_FSIZE) with SIGXFSZ ignored, so a write
@@ -27,14 +27,14 @@ def _install_log(path: str) -> None:
 
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.write(fd, f"P {os.getpid()}\n".encode())
-    original = extraction.write_clip
+    original = extraction.write_batch
 
-    def logged_write_clip(g, index, arrays):
-        os.write(fd, f"S {index}\n".encode())
-        original(g, index, arrays)
-        os.write(fd, f"D {index}\n".encode())
+    def logged_write_batch(g, rows, arrays):
+        os.write(fd, "".join(f"S {i}\n" for i in rows).encode())
+        original(g, rows, arrays)
+        os.write(fd, "".join(f"D {i}\n" for i in rows).encode())
 
-    extraction.write_clip = logged_write_clip
+    extraction.write_batch = logged_write_batch
 
 
 def main(argv: list[str] | None = None) -> None:

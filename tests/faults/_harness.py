@@ -280,19 +280,19 @@ def logged_writes(path: Path):
     """The same write log as the child's --log, for an extraction run in this process."""
     import pipeline.extract.runner as extraction
 
-    original = extraction.write_clip
+    original = extraction.write_batch
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def logged_write_clip(g, index, arrays):
-        os.write(fd, f"S {index}\n".encode())
-        original(g, index, arrays)
-        os.write(fd, f"D {index}\n".encode())
+    def logged_write_batch(g, rows, arrays):
+        os.write(fd, "".join(f"S {i}\n" for i in rows).encode())
+        original(g, rows, arrays)
+        os.write(fd, "".join(f"D {i}\n" for i in rows).encode())
 
-    extraction.write_clip = logged_write_clip
+    extraction.write_batch = logged_write_batch
     try:
         yield
     finally:
-        extraction.write_clip = original
+        extraction.write_batch = original
         os.close(fd)
 
 
