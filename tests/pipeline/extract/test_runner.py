@@ -167,7 +167,7 @@ def test_a_write_error_in_the_writer_is_raised_in_the_loop_naming_the_clip(clip_
                                   result=res)
     assert "demo_0004" in str(err.value) and "demo_0003" in str(err.value) and "No space left" in str(err.value)
     assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC
-    from stages.extract import disk_full_error      # the stage's disk-full message still finds the cause
+    from pipeline.extract.stage import disk_full_error      # the stage's disk-full message still finds the cause
 
     assert disk_full_error(err.value) is err.value.__cause__
     done_rows = sorted(r for n, r, _ in g.log if n == "done")
