@@ -414,7 +414,8 @@ class ECPA(nn.Module):
     def forward(self, batch: dict, input_ids: Tensor, mlm_labels: Tensor | None = None) -> dict:
         """Training forward. `input_ids` (B, Lt) already MLM-masked, `mlm_labels` (B, Lt) with -100 where not
         predicted. Returns:
-          mlm_logits (N, V) at the predicted positions, mlm_targets (N,),
+          mlm_logits (N, V) at the predicted positions, mlm_targets (N,) (positions from batch["mlm_index"],
+          the flat (B*Lt) indices the collate computed on the host, when given),
           emotion_logits (B, E) or None, er_state (B, H) / class_states (B, E, H) (last layer) or None,
           au_prompts (B, K, H) or None (the prompts as fed, before the encoder),
           word_prompts (B, Lt, H) word vectors of the caption as fed (word_ids: those ids), word_valid (B, Lt) bool (real words,
@@ -424,9 +425,11 @@ class ECPA(nn.Module):
         cap_h, ctx_h, ctx_emb = h["cap"], h["ctx"], h["ctx_emb"]
         out: dict = {}
         if mlm_labels is not None:
-            sel = mlm_labels != -100
-            out["mlm_logits"] = self.mlm_logits(cap_h[sel])
-            out["mlm_targets"] = mlm_labels[sel]
+            idx = batch.get("mlm_index")
+            if idx is None:   # counted on the device: a host sync (the training loader gives mlm_index)
+                idx = (mlm_labels != -100).flatten().nonzero().squeeze(1)
+            out["mlm_logits"] = self.mlm_logits(cap_h.flatten(0, 1).index_select(0, idx))      # (N, V)
+            out["mlm_targets"] = mlm_labels.flatten().index_select(0, idx)                     # (N,)
         out["emotion_logits"] = self.emotion_logits(ctx_h, h["sent"])
         out["er_state"], out["class_states"] = self.prompt_states(ctx_h, h["sent"])
         sl = self.prompt_slices(ctx_emb.shape[1] - self.num_prompts)
