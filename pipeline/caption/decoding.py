@@ -34,10 +34,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.errors import UserError
+from pipeline.train.model import CaptionKV
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,92 +64,26 @@ class _Uncached:
         cap_h, _, _ = self.model.encode(self.batch, tokens)
         return self.model.mlm_logits(cap_h[:, -1])
 
+    def emotion(self, batch: dict, captions: list[list[int]]) -> Tensor | None:
+        """The reference: a full forward of [caption; context; class tokens] (`ECPA.emotion_for_captions`)."""
+        return self.model.emotion_for_captions(batch, captions)
+
 
 class _PrefixCache:
-    """Context keys/values computed once per clip; caption keys/values appended step by step."""
+    """The model's prefix KV step (`ECPA.context_cache` once per batch, `ECPA.caption_step` per token); the
+    same context pass then gives the emotion (`ECPA.emotion_from_cache`)."""
 
     def __init__(self, model, batch: dict, beam: int, max_length: int):
         self.model = model
-        self.beam = beam
-        layers = model.encoder.layer
-        ctx, valid = model.embed_context(batch)             # (B, Lc, H), (B, Lc)
-        B, Lc, H = ctx.shape
-        self.B = B
-        T = max_length
-        # The model's own mask at the longest caption this search can build, cut into its blocks.
-        full = model.attention_mask(T, valid).to(ctx.dtype)  # (B, 1, T+Lc, T+Lc)
-        self.mask_cap_cap = full[:, :, :T, :T].contiguous()  # (B, 1, T, T) caption -> caption
-        self.mask_cap_ctx = full[:, :, :T, T:].contiguous()  # (B, 1, T, Lc) caption -> context
-        mask_ctx = full[:, :, T:, T:].contiguous()           # (B, 1, Lc, Lc) context -> context
-        del full
-
-        self.k_ctx: list[Tensor] = []
-        self.v_ctx: list[Tensor] = []
-        x = ctx
-        for layer in layers:
-            sa = layer.attention.self
-            q, k, v = (self._heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))  # (B, h, Lc, d)
-            self.k_ctx.append(k)
-            self.v_ctx.append(v)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_ctx, scale=sa.scaling)
-            x = self._ffn(layer, a.transpose(1, 2).reshape(B, Lc, H), x)
-        self.k_cap: list[Tensor | None] = [None] * len(layers)
-        self.v_cap: list[Tensor | None] = [None] * len(layers)
-
-    @staticmethod
-    def _heads(t: Tensor, sa) -> Tensor:
-        """(N, L, H) -> (N, heads, L, d)."""
-        N, L, _ = t.shape
-        return t.view(N, L, sa.num_attention_heads, sa.attention_head_size).transpose(1, 2)
-
-    @staticmethod
-    def _ffn(layer, attn: Tensor, x: Tensor) -> Tensor:
-        """BertLayer after the attention core: output projection + LN(residual), feed-forward + LN(residual)."""
-        h = layer.attention.output(attn, x)
-        return layer.output(layer.intermediate(h), h)
+        self.cache = model.context_cache(batch, max_length)
+        self.kv = CaptionKV(len(model.encoder.layer), beam)
 
     def logits(self, tokens: Tensor, parent: Tensor | None) -> Tensor:
         """tokens (N, t+1) ending with [MASK], N = B*beam; parent (N,) the row each came from last step."""
-        model = self.model
-        N, L = tokens.shape
-        B, K = self.B, self.beam
-        done = 0 if self.k_cap[0] is None else self.k_cap[0].shape[2]   # caption positions cached
-        if parent is not None and done:
-            self.k_cap = [k.index_select(0, parent) for k in self.k_cap]
-            self.v_cap = [v.index_select(0, parent) for v in self.v_cap]
-        new = tokens[:, done:]                                 # newest real token(s) + [MASK]
-        n = new.shape[1]
-        x = model.embed_caption(new, position_offset=done)    # (N, n, H)
-        H = x.shape[-1]
-        rows = slice(done, L)
-        m_cap = self.mask_cap_cap[:, :, rows, :L][:, None]     # (B, 1, 1, n, L)
-        m_ctx = self.mask_cap_ctx[:, :, rows][:, None]         # (B, 1, 1, n, Lc)
-        for i, layer in enumerate(model.encoder.layer):
-            sa = layer.attention.self
-            q, k, v = (self._heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))  # (N, h, n, d)
-            if done:
-                k_all = torch.cat([self.k_cap[i], k], dim=2)  # (N, h, L, d)
-                v_all = torch.cat([self.v_cap[i], v], dim=2)
-            else:
-                k_all, v_all = k, v
-            self.k_cap[i] = k_all[:, :, : L - 1]              # drop the [MASK] slot: replaced next step
-            self.v_cap[i] = v_all[:, :, : L - 1]
-            h, d = q.shape[1], q.shape[3]
-            qb = q.view(B, K, h, n, d)
-            # caption -> caption, per beam
-            s_cap = (qb @ k_all.view(B, K, h, L, d).transpose(-1, -2)) * sa.scaling + m_cap      # (B, K, h, n, L)
-            # caption -> context, context keys shared by the clip's beams
-            q_shared = qb.permute(0, 2, 1, 3, 4).reshape(B, h, K * n, d)
-            s_ctx = (q_shared @ self.k_ctx[i].transpose(-1, -2)) * sa.scaling                    # (B, h, K*n, Lc)
-            s_ctx = s_ctx.view(B, h, K, n, -1).permute(0, 2, 1, 3, 4) + m_ctx                   # (B, K, h, n, Lc)
-            p = torch.softmax(torch.cat([s_cap, s_ctx], dim=-1), dim=-1)
-            p_cap, p_ctx = p[..., :L], p[..., L:]
-            a = p_cap @ v_all.view(B, K, h, L, d)                                                 # (B, K, h, n, d)
-            a_ctx = p_ctx.permute(0, 2, 1, 3, 4).reshape(B, h, K * n, -1) @ self.v_ctx[i]       # (B, h, K*n, d)
-            a = a + a_ctx.view(B, h, K, n, d).permute(0, 2, 1, 3, 4)
-            a = a.reshape(N, h, n, d).transpose(1, 2).reshape(N, n, H)
-            x = self._ffn(layer, a, x)
-        return model.mlm_logits(x[:, -1])
+        return self.model.caption_step(self.cache, self.kv, tokens, parent)
+
+    def emotion(self, batch: dict, captions: list[list[int]]) -> Tensor | None:
+        return self.model.emotion_from_cache(self.cache, captions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +299,7 @@ def decode_with_emotion(
             ids = _greedy(step, model, B, max_length, device, banned, no_repeat_ngram)
         else:
             ids = _beam(step, model, B, beam_size, max_length, length_penalty, device, banned, no_repeat_ngram)
-        emotion = model.emotion_for_captions(batch, ids) if with_emotion else None
+        emotion = step.emotion(batch, ids) if with_emotion else None
     return ids, (None if emotion is None else emotion.float())
 
 
