@@ -9,15 +9,12 @@ Two ways to compute the logits at the [MASK] slot, both behind the same search:
 
 * uncached (the reference): `model.encode(batch, tokens)` over the whole [caption; context] sequence
   with `model.attention_mask`, every step.
-* prefix cache (`use_cache=True`): context tokens (video, prompts) never attend to caption tokens, so
-  their per-layer keys/values are computed ONCE per clip by running the context through the layers
-  alone (context -> context attention, the same mask block). Caption tokens attend causally, so the
-  keys/values of a real caption token never change once computed; each step runs only the newest
-  real token and the new [MASK] slot through the layers, attending to the cached caption keys/values
-  plus the cached context keys/values, and caches the real token's keys/values (the [MASK] slot's are
-  dropped: that slot is replaced next step). Context keys/values are kept once per clip and shared by
-  its beams. The layer step reuses the BertLayer submodules (post-LN: attention -> output.dense ->
-  dropout -> LayerNorm(+residual) -> intermediate -> output.dense -> LayerNorm(+residual)).
+* prefix cache (`use_cache=True`, the model's own KV step: `ECPA.context_cache`, `ECPA.caption_step`):
+  context tokens (video, prompts) never attend to caption tokens, so their per-layer keys/values are
+  computed ONCE per batch of clips; each step runs only the newest real caption token and the new [MASK]
+  slot through the layers against the cached caption and context keys/values (context keys/values shared by
+  a clip's beams). The same context pass then gives the emotion (`ECPA.emotion_from_cache`: only
+  [CLS] caption [SEP] and the class tokens run through the layers), not a second full forward.
 
 Both give the same captions (tests/pipeline/test_decoding.py) in eval mode; `decode` switches the model
 to eval for its duration and restores the previous mode.
@@ -184,6 +181,59 @@ def _greedy(step, model, B: int, max_length: int, device, banned: tuple[Tensor, 
     return out
 
 
+def _beam_clip(top_s: list[float], top_i: list[int], b: int, K: int, V: int, rows: list[list[int]], sep: int,
+               pad: int, scale: float, finished: list[tuple[float, list[int]]]) -> tuple[list, list, list, bool]:
+    """One clip's step of beam search over its 2K best candidates (scores `top_s`, flat ids `top_i` into K x V):
+    a candidate ending in [SEP] among the K best joins `finished` (score / `scale` = length**penalty); the
+    first K others stay live. Returns (parent rows, tokens, scores) of the K live beams (dead ones padded with
+    -inf) and whether the clip is done: K finished and no live beam can beat the worst of them."""
+    parents, toks, scores = [], [], []
+    for rank, (s, idx) in enumerate(zip(top_s, top_i)):
+        j, tok = divmod(idx, V)
+        if s == -math.inf:
+            break
+        if tok == sep:
+            if rank < K:
+                finished.append((s / scale, rows[b * K + j][1:]))
+            continue
+        parents.append(b * K + j)
+        toks.append(tok)
+        scores.append(s)
+        if len(parents) == K:
+            break
+    while len(parents) < K:                               # fewer live candidates than beams: pad dead rows
+        parents.append(b * K)
+        toks.append(pad)
+        scores.append(-math.inf)
+    finished.sort(key=lambda h: -h[0])
+    del finished[K:]
+    best_live = max(scores)
+    done = len(finished) >= K and (best_live == -math.inf or finished[-1][0] >= best_live / scale)
+    return parents, toks, scores, done
+
+
+def _beam_best(finished: list[list[tuple[float, list[int]]]], done: list[bool], tokens: Tensor, scores: Tensor,
+               K: int, length_penalty: float, sep: int, pad: int) -> list[list[int]]:
+    """The best hypothesis per clip; at max length the live beams count as finished (cut, no [SEP])."""
+    rows = tokens.tolist()
+    flat_scores = scores.view(-1).tolist()
+    out = []
+    for b, fin in enumerate(finished):
+        hyps = list(fin)
+        if not done[b]:
+            for j in range(K):
+                s = flat_scores[b * K + j]
+                if s > -math.inf:
+                    gen = rows[b * K + j][1:]
+                    hyps.append((s / len(gen) ** length_penalty, gen))
+        if not hyps:
+            out.append([])
+            continue
+        best = max(hyps, key=lambda h: h[0])[1]
+        out.append([t for t in best if t not in (sep, pad)])
+    return out
+
+
 def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, device,
           banned: tuple[Tensor, Tensor], no_repeat_ngram: int = 0) -> list[list[int]]:
     """Beam search; a finished hypothesis scores sum(log p) / (generated tokens, [SEP] included)**length_penalty.
@@ -201,71 +251,29 @@ def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, d
     parent: Tensor | None = None
     for cur_len in range(1, max_length):                # cur_len = tokens generated after this step
         logits = step.logits(torch.cat([tokens, mask_col], dim=1), parent)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        logp = logp.masked_fill(banned[cur_len == 1], -math.inf)
+        logp = torch.log_softmax(logits.float(), dim=-1).masked_fill(banned[cur_len == 1], -math.inf)
         V = logp.shape[-1]
         rep = _repeat_ban(tokens, no_repeat_ngram, V)
         if rep is not None:
             logp = logp.masked_fill(rep, -math.inf)
-        cand = (scores.view(N, 1) + logp).view(B, K * V)
-        top_s, top_i = cand.topk(2 * K, dim=1)
-        top_s, top_i = top_s.tolist(), top_i.tolist()
-        rows = tokens.tolist()
+        top_s, top_i = (scores.view(N, 1) + logp).view(B, K * V).topk(2 * K, dim=1)
+        top_s, top_i, rows = top_s.tolist(), top_i.tolist(), tokens.tolist()
         new_parent, new_tok, new_score = [], [], []
         for b in range(B):
             if done[b]:
-                new_parent += [b * K + j for j in range(K)]
-                new_tok += [pad] * K
-                new_score += [-math.inf] * K
-                continue
-            live = 0
-            for rank, (s, idx) in enumerate(zip(top_s[b], top_i[b])):
-                j, tok = divmod(idx, V)
-                if s == -math.inf:
-                    break
-                if tok == sep:
-                    if rank < K:
-                        finished[b].append((s / cur_len ** length_penalty, rows[b * K + j][1:]))
-                    continue
-                new_parent.append(b * K + j)
-                new_tok.append(tok)
-                new_score.append(s)
-                live += 1
-                if live == K:
-                    break
-            while live < K:                               # fewer live candidates than beams: pad dead rows
-                new_parent.append(b * K)
-                new_tok.append(pad)
-                new_score.append(-math.inf)
-                live += 1
-            finished[b].sort(key=lambda h: -h[0])
-            del finished[b][K:]
-            best_live = max(new_score[-K:])
-            if len(finished[b]) >= K and (best_live == -math.inf or finished[b][-1][0] >= best_live / cur_len ** length_penalty):
-                done[b] = True
+                p, t, s = [b * K + j for j in range(K)], [pad] * K, [-math.inf] * K
+            else:
+                p, t, s, done[b] = _beam_clip(top_s[b], top_i[b], b, K, V, rows, sep, pad,
+                                              cur_len ** length_penalty, finished[b])
+            new_parent += p
+            new_tok += t
+            new_score += s
         parent = torch.tensor(new_parent, dtype=torch.long, device=device)
         tokens = torch.cat([tokens.index_select(0, parent), torch.tensor(new_tok, device=device)[:, None]], dim=1)
         scores = torch.tensor(new_score, device=device).view(B, K)
         if all(done):
             break
-    # max length reached: live beams join the finished ones (no [SEP]: cut at max_length)
-    rows = tokens.tolist()
-    flat_scores = scores.view(-1).tolist()
-    out = []
-    for b in range(B):
-        hyps = list(finished[b])
-        if not done[b]:
-            for j in range(K):
-                s = flat_scores[b * K + j]
-                if s > -math.inf:
-                    gen = rows[b * K + j][1:]
-                    hyps.append((s / len(gen) ** length_penalty, gen))
-        if not hyps:
-            out.append([])
-            continue
-        best = max(hyps, key=lambda h: h[0])[1]
-        out.append([t for t in best if t not in (sep, pad)])
-    return out
+    return _beam_best(finished, done, tokens, scores, K, length_penalty, sep, pad)
 
 
 def decode_with_emotion(
