@@ -372,8 +372,8 @@ class ECPA(nn.Module):
             parts.append(self.class_tokens[None].expand(cap.shape[0], -1, -1).to(cap.dtype))
         x = torch.cat(parts, dim=1)
         Lt, Lc = input_ids.shape[1], ctx.shape[1]
-        mask = self.attention_mask(Lt, valid, cap_valid=input_ids != self.pad_id, n_sentence=n_sent,
-                                   dtype=self._compute_dtype(x))
+        mask = aligned_bias(self.attention_mask(Lt, valid, cap_valid=input_ids != self.pad_id, n_sentence=n_sent,
+                                                dtype=self._compute_dtype(x)))   # once per batch, every layer reads it
         h = self.run_encoder(x, mask)
         return {"cap": h[:, :Lt], "ctx": h[:, Lt:Lt + Lc], "sent": h[:, Lt + Lc:] if n_sent else None, "ctx_emb": ctx}
 
@@ -530,6 +530,25 @@ class ECPA(nn.Module):
         out["word_valid"] = (input_ids != self.cls_id) & (input_ids != self.sep_id) & (input_ids != self.pad_id)
         out["sparse_l1"] = self.sparse_l1()
         return out
+
+
+BIAS_ALIGN = 16
+"""Elements the rows of an attention bias are aligned to: CUDA's fused (memory-efficient / cuDNN) SDPA kernels
+read a bias whose row stride is a multiple of 16 bytes in place, and copy (pad) any other bias at every call."""
+
+
+def aligned_bias(mask: Tensor, always: bool = False) -> Tensor:
+    """The additive mask (B, 1, L, L) as a view whose rows start on `BIAS_ALIGN`-element boundaries (storage
+    (B, 1, L, ceil(L / 16) * 16)), so a fused attention kernel on the GPU takes it (and its gradient, for the
+    learned sparse mask) without a padded copy in every layer, forward and backward. Same values; the head
+    axis stays 1 (broadcast, never materialised). Only on CUDA (or with `always`, for the CPU test): elsewhere
+    the mask is returned as it is."""
+    L = mask.shape[-1]
+    if not (always or mask.device.type == "cuda") or L % BIAS_ALIGN == 0:
+        return mask
+    Lp = -(-L // BIAS_ALIGN) * BIAS_ALIGN
+    out = mask.new_empty(*mask.shape[:-1], Lp)[..., :L]
+    return out.copy_(mask)
 
 
 def _heads(t: Tensor, sa) -> Tensor:
