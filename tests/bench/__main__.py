@@ -145,10 +145,15 @@ def rows_decode(r: dict) -> list[Row]:
         Row(what=f"greedy decoding of a whole split with the prefix cache, MAFW shapes (784 video tokens, 12 layers), "
                  f"{split}, max length {r.get('max_length')}: captions/s",
             figure=need(r, "cached_captions_per_s"), unit="captions/s", higher_is_better=True,
-            baseline=need(r, "uncached_captions_per_s"), baseline_what="no cache, same batches", target=at_least(5),
+            baseline=need(r, "one_by_one_captions_per_s"), baseline_what="same clips decoded one by one (cached)",
+            target=REPORT,
             detail="; ".join(x for x in (f"{r.get('tokens_generated')} tokens", _load_note(r)) if x),
             bench="bench_decode"),
-        Row(what="greedy decoding with the prefix cache: captions identical to the uncached ones",
+        Row(what=f"greedy decoding with the prefix cache, batched ({split}) vs the uncached decoder: captions/s",
+            figure=need(r, "cached_captions_per_s"), unit="captions/s", higher_is_better=True,
+            baseline=need(r, "uncached_captions_per_s"), baseline_what="no cache (full forward per token), first clip",
+            target=at_least(5), bench="bench_decode"),
+        Row(what="greedy decoding: batched, one-by-one and uncached captions identical",
             figure=bool(need(r, "identical")), target=IS_TRUE, bench="bench_decode"),
     ]
     if "achieved_flops_per_s" in r:
@@ -275,7 +280,7 @@ def train_decode_specs() -> list[Spec]:
     shapes with gradient checkpointing at batch 1 and 4 (utilisation at batch 4; memory per clip from the two)."""
     return [
         Spec("train", "bench_train", [], rows_train, 150, "stage-two training step on cached tensors"),
-        Spec("decode", "bench_decode", ["--clips", "8", "--batch", "8", "--max-length", "20"], rows_decode, 240,
+        Spec("decode", "bench_decode", ["--clips", "4", "--batch", "4", "--max-length", "20"], rows_decode, 300,
              "greedy decoding of a whole split with the prefix cache, MAFW shapes", ["--clips", "2", "--batch", "2"]),
         Spec("train_mafw", "bench_train", ["--mafw-shapes", "--batch", "1", "--steps", "1", "--grad-checkpoint"],
              rows_train_mafw, 150, "training at MAFW shapes, batch 1, gradient checkpointing (CPU)"),
