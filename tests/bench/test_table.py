@@ -69,7 +69,7 @@ def test_results_files_carry_machine_date_and_holds(tmp_path):
 
 def test_missing_key_becomes_an_error_row_naming_it():
     spec = next(s for s in bench.SPECS if s.name == "decode")
-    rows = bench.rows_for(spec, {"cached_captions_per_s": 1.0, "clips": 1}, None)
+    rows = bench.rows_for(spec, {"cached_captions_per_s": 1.0, "one_by_one_captions_per_s": 1.0, "clips": 1}, None)
     assert len(rows) == 1 and rows[0].holds == "error"
     assert "uncached_captions_per_s" in rows[0].error
 
