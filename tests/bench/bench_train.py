@@ -64,22 +64,29 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def timed_steps(model, opt, batches: list[dict], tcfg, device, amp) -> tuple[int, list[float]]:
-    """(FLOPs of one step, counted on the warm-up step with batches[0]; seconds of each step over batches[1:])."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with amp, counter:
-        _step(model, opt, batches[0], tcfg, device)
+def timed_steps(model, opt, batches: list[dict], tcfg, device, amp) -> tuple[list[float], float]:
+    """(seconds of each step over `batches`, peak memory in GiB after them). The first step also allocates the
+    optimiser state: the median over the steps is the figure."""
     times = []
-    for b in batches[1:]:
+    for b in batches:
         with amp:
             _sync(device)
             t = time.perf_counter()
             _step(model, opt, b, tcfg, device)
             _sync(device)
         times.append(time.perf_counter() - t)
-    return int(counter.get_total_flops()), times
+    return times, _peak_gib(device)
+
+
+def count_flops(model, opt, batch: dict, tcfg, device, amp) -> int:
+    """FLOPs of one training step (forward, backward, update) counted by torch.utils.flop_counter. Run after the
+    memory is read: under FlopCounterMode gradient checkpointing's savings do not show (the peak grows)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with amp, counter:
+        _step(model, opt, batch, tcfg, device)
+    return int(counter.get_total_flops())
 
 
 def matmul_flops_per_s(device, dtype: torch.dtype | None = None, n: int = 2048, repeats: int = 5) -> float:
@@ -147,8 +154,9 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
     video_of = {c.id: c.video for c in manifest}
     ex = build_extractors(cfg.extract, len(cfg.data.emotions), device, seed=0)
 
-    flops, times = timed_steps(model, opt, batches, cfg.train, device, torch.autocast("cpu", enabled=False))
-    util = utilisation(flops, times, matmul_flops_per_s(device))
+    amp = torch.autocast("cpu", enabled=False)
+    times, _ = timed_steps(model, opt, batches[1:], cfg.train, device, amp)
+    util = utilisation(count_flops(model, opt, batches[0], cfg.train, device, amp), times, matmul_flops_per_s(device))
     cached = steps / sum(times)
 
     t = time.perf_counter()
@@ -209,7 +217,7 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
         special_ids, mask_id, vocab_size, pad_id = frozenset({0, 100, 101, 102, 103}), 103, 30522, 0
 
     B = batch
-    batches = []
+    batches = []   # batches[0] is counted (flop_counter) after the timed steps over the others
     for s in range(steps + 1):
         g = torch.Generator().manual_seed(s)
         ids = torch.randint(1000, 30000, (B, 50), generator=g)
@@ -220,9 +228,8 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
             "emotion": torch.randint(0, 11, (B,), generator=g), "input_ids": ids}, Tok, seed=s))
     bf16 = device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-    flops, times = timed_steps(model, opt, batches, cfg.train, device, amp)
-    gib = _peak_gib(device)
-    util = utilisation(flops, times, matmul_flops_per_s(device))
+    times, gib = timed_steps(model, opt, batches[1:], cfg.train, device, amp)
+    util = utilisation(count_flops(model, opt, batches[0], cfg.train, device, amp), times, matmul_flops_per_s(device))
     mem = f"{'CUDA max allocated' if bf16 else 'CPU peak RSS'} {gib:.2f} GiB"
     res = {"peak_memory": mem, "peak_gib": gib, "batch": B, "device": str(device), "grad_checkpoint": grad_checkpoint,
            "dtype": "bf16" if bf16 else "fp32", "load_avg_1m": _load(), "threads": torch.get_num_threads(),
