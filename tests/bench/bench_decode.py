@@ -124,7 +124,7 @@ def _verdict(what: str, flops: float, nbytes: float, seconds: float, peak: float
     roof = min(peak, intensity * bw)
     kind = "compute" if intensity * bw >= peak else "memory"
     eff = flops / seconds / roof
-    tail = "" if eff >= 0.5 else ": far below it, per-op overhead bound (many small ops)"
+    tail = "" if eff >= 0.3 else ": far below it, per-op overhead bound (many small ops)"
     return f"{what} {kind} bound ({intensity:.1f} FLOP/B), at {100 * eff:.0f}% of that roof{tail}"
 
 
