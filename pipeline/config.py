@@ -231,6 +231,13 @@ class TrainConfig:
     grad_checkpoint: bool = knob(False)
     """Recompute each transformer layer in the backward pass (gradient checkpointing): much less activation
     memory for about a third more compute; same results."""
+    compile: bool = knob(False)
+    """torch.compile the model for the training step (gcc/triton needed; the first steps pay the compilation).
+    Same losses as eager up to float rounding (tested without dropout: compiled dropout draws its masks from
+    inductor's RNG, so a compiled run is reproducible but not bit-equal to an eager one)."""
+    fused_adamw: bool = knob(True)
+    """AdamW's fused kernel (one kernel for all parameters) on devices whose torch build has it (CUDA, CPU in
+    recent torch); the for-each implementation elsewhere. Same update up to float rounding."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
     num_workers: int = knob(0)

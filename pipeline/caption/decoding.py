@@ -9,15 +9,12 @@ Two ways to compute the logits at the [MASK] slot, both behind the same search:
 
 * uncached (the reference): `model.encode(batch, tokens)` over the whole [caption; context] sequence
   with `model.attention_mask`, every step.
-* prefix cache (`use_cache=True`): context tokens (video, prompts) never attend to caption tokens, so
-  their per-layer keys/values are computed ONCE per clip by running the context through the layers
-  alone (context -> context attention, the same mask block). Caption tokens attend causally, so the
-  keys/values of a real caption token never change once computed; each step runs only the newest
-  real token and the new [MASK] slot through the layers, attending to the cached caption keys/values
-  plus the cached context keys/values, and caches the real token's keys/values (the [MASK] slot's are
-  dropped: that slot is replaced next step). Context keys/values are kept once per clip and shared by
-  its beams. The layer step reuses the BertLayer submodules (post-LN: attention -> output.dense ->
-  dropout -> LayerNorm(+residual) -> intermediate -> output.dense -> LayerNorm(+residual)).
+* prefix cache (`use_cache=True`, the model's own KV step: `ECPA.context_cache`, `ECPA.caption_step`):
+  context tokens (video, prompts) never attend to caption tokens, so their per-layer keys/values are
+  computed ONCE per batch of clips; each step runs only the newest real caption token and the new [MASK]
+  slot through the layers against the cached caption and context keys/values (context keys/values shared by
+  a clip's beams). The same context pass then gives the emotion (`ECPA.emotion_from_cache`: only
+  [CLS] caption [SEP] and the class tokens run through the layers), not a second full forward.
 
 Both give the same captions (tests/pipeline/test_decoding.py) in eval mode; `decode` switches the model
 to eval for its duration and restores the previous mode.
@@ -34,10 +31,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.errors import UserError
+from pipeline.train.model import CaptionKV
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,92 +61,26 @@ class _Uncached:
         cap_h, _, _ = self.model.encode(self.batch, tokens)
         return self.model.mlm_logits(cap_h[:, -1])
 
+    def emotion(self, batch: dict, captions: list[list[int]]) -> Tensor | None:
+        """The reference: a full forward of [caption; context; class tokens] (`ECPA.emotion_for_captions`)."""
+        return self.model.emotion_for_captions(batch, captions)
+
 
 class _PrefixCache:
-    """Context keys/values computed once per clip; caption keys/values appended step by step."""
+    """The model's prefix KV step (`ECPA.context_cache` once per batch, `ECPA.caption_step` per token); the
+    same context pass then gives the emotion (`ECPA.emotion_from_cache`)."""
 
     def __init__(self, model, batch: dict, beam: int, max_length: int):
         self.model = model
-        self.beam = beam
-        layers = model.encoder.layer
-        ctx, valid = model.embed_context(batch)             # (B, Lc, H), (B, Lc)
-        B, Lc, H = ctx.shape
-        self.B = B
-        T = max_length
-        # The model's own mask at the longest caption this search can build, cut into its blocks.
-        full = model.attention_mask(T, valid).to(ctx.dtype)  # (B, 1, T+Lc, T+Lc)
-        self.mask_cap_cap = full[:, :, :T, :T].contiguous()  # (B, 1, T, T) caption -> caption
-        self.mask_cap_ctx = full[:, :, :T, T:].contiguous()  # (B, 1, T, Lc) caption -> context
-        mask_ctx = full[:, :, T:, T:].contiguous()           # (B, 1, Lc, Lc) context -> context
-        del full
-
-        self.k_ctx: list[Tensor] = []
-        self.v_ctx: list[Tensor] = []
-        x = ctx
-        for layer in layers:
-            sa = layer.attention.self
-            q, k, v = (self._heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))  # (B, h, Lc, d)
-            self.k_ctx.append(k)
-            self.v_ctx.append(v)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_ctx, scale=sa.scaling)
-            x = self._ffn(layer, a.transpose(1, 2).reshape(B, Lc, H), x)
-        self.k_cap: list[Tensor | None] = [None] * len(layers)
-        self.v_cap: list[Tensor | None] = [None] * len(layers)
-
-    @staticmethod
-    def _heads(t: Tensor, sa) -> Tensor:
-        """(N, L, H) -> (N, heads, L, d)."""
-        N, L, _ = t.shape
-        return t.view(N, L, sa.num_attention_heads, sa.attention_head_size).transpose(1, 2)
-
-    @staticmethod
-    def _ffn(layer, attn: Tensor, x: Tensor) -> Tensor:
-        """BertLayer after the attention core: output projection + LN(residual), feed-forward + LN(residual)."""
-        h = layer.attention.output(attn, x)
-        return layer.output(layer.intermediate(h), h)
+        self.cache = model.context_cache(batch, max_length)
+        self.kv = CaptionKV(len(model.encoder.layer), beam)
 
     def logits(self, tokens: Tensor, parent: Tensor | None) -> Tensor:
         """tokens (N, t+1) ending with [MASK], N = B*beam; parent (N,) the row each came from last step."""
-        model = self.model
-        N, L = tokens.shape
-        B, K = self.B, self.beam
-        done = 0 if self.k_cap[0] is None else self.k_cap[0].shape[2]   # caption positions cached
-        if parent is not None and done:
-            self.k_cap = [k.index_select(0, parent) for k in self.k_cap]
-            self.v_cap = [v.index_select(0, parent) for v in self.v_cap]
-        new = tokens[:, done:]                                 # newest real token(s) + [MASK]
-        n = new.shape[1]
-        x = model.embed_caption(new, position_offset=done)    # (N, n, H)
-        H = x.shape[-1]
-        rows = slice(done, L)
-        m_cap = self.mask_cap_cap[:, :, rows, :L][:, None]     # (B, 1, 1, n, L)
-        m_ctx = self.mask_cap_ctx[:, :, rows][:, None]         # (B, 1, 1, n, Lc)
-        for i, layer in enumerate(model.encoder.layer):
-            sa = layer.attention.self
-            q, k, v = (self._heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))  # (N, h, n, d)
-            if done:
-                k_all = torch.cat([self.k_cap[i], k], dim=2)  # (N, h, L, d)
-                v_all = torch.cat([self.v_cap[i], v], dim=2)
-            else:
-                k_all, v_all = k, v
-            self.k_cap[i] = k_all[:, :, : L - 1]              # drop the [MASK] slot: replaced next step
-            self.v_cap[i] = v_all[:, :, : L - 1]
-            h, d = q.shape[1], q.shape[3]
-            qb = q.view(B, K, h, n, d)
-            # caption -> caption, per beam
-            s_cap = (qb @ k_all.view(B, K, h, L, d).transpose(-1, -2)) * sa.scaling + m_cap      # (B, K, h, n, L)
-            # caption -> context, context keys shared by the clip's beams
-            q_shared = qb.permute(0, 2, 1, 3, 4).reshape(B, h, K * n, d)
-            s_ctx = (q_shared @ self.k_ctx[i].transpose(-1, -2)) * sa.scaling                    # (B, h, K*n, Lc)
-            s_ctx = s_ctx.view(B, h, K, n, -1).permute(0, 2, 1, 3, 4) + m_ctx                   # (B, K, h, n, Lc)
-            p = torch.softmax(torch.cat([s_cap, s_ctx], dim=-1), dim=-1)
-            p_cap, p_ctx = p[..., :L], p[..., L:]
-            a = p_cap @ v_all.view(B, K, h, L, d)                                                 # (B, K, h, n, d)
-            a_ctx = p_ctx.permute(0, 2, 1, 3, 4).reshape(B, h, K * n, -1) @ self.v_ctx[i]       # (B, h, K*n, d)
-            a = a + a_ctx.view(B, h, K, n, d).permute(0, 2, 1, 3, 4)
-            a = a.reshape(N, h, n, d).transpose(1, 2).reshape(N, n, H)
-            x = self._ffn(layer, a, x)
-        return model.mlm_logits(x[:, -1])
+        return self.model.caption_step(self.cache, self.kv, tokens, parent)
+
+    def emotion(self, batch: dict, captions: list[list[int]]) -> Tensor | None:
+        return self.model.emotion_from_cache(self.cache, captions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +181,59 @@ def _greedy(step, model, B: int, max_length: int, device, banned: tuple[Tensor, 
     return out
 
 
+def _beam_clip(top_s: list[float], top_i: list[int], b: int, K: int, V: int, rows: list[list[int]], sep: int,
+               pad: int, scale: float, finished: list[tuple[float, list[int]]]) -> tuple[list, list, list, bool]:
+    """One clip's step of beam search over its 2K best candidates (scores `top_s`, flat ids `top_i` into K x V):
+    a candidate ending in [SEP] among the K best joins `finished` (score / `scale` = length**penalty); the
+    first K others stay live. Returns (parent rows, tokens, scores) of the K live beams (dead ones padded with
+    -inf) and whether the clip is done: K finished and no live beam can beat the worst of them."""
+    parents, toks, scores = [], [], []
+    for rank, (s, idx) in enumerate(zip(top_s, top_i)):
+        j, tok = divmod(idx, V)
+        if s == -math.inf:
+            break
+        if tok == sep:
+            if rank < K:
+                finished.append((s / scale, rows[b * K + j][1:]))
+            continue
+        parents.append(b * K + j)
+        toks.append(tok)
+        scores.append(s)
+        if len(parents) == K:
+            break
+    while len(parents) < K:                               # fewer live candidates than beams: pad dead rows
+        parents.append(b * K)
+        toks.append(pad)
+        scores.append(-math.inf)
+    finished.sort(key=lambda h: -h[0])
+    del finished[K:]
+    best_live = max(scores)
+    done = len(finished) >= K and (best_live == -math.inf or finished[-1][0] >= best_live / scale)
+    return parents, toks, scores, done
+
+
+def _beam_best(finished: list[list[tuple[float, list[int]]]], done: list[bool], tokens: Tensor, scores: Tensor,
+               K: int, length_penalty: float, sep: int, pad: int) -> list[list[int]]:
+    """The best hypothesis per clip; at max length the live beams count as finished (cut, no [SEP])."""
+    rows = tokens.tolist()
+    flat_scores = scores.view(-1).tolist()
+    out = []
+    for b, fin in enumerate(finished):
+        hyps = list(fin)
+        if not done[b]:
+            for j in range(K):
+                s = flat_scores[b * K + j]
+                if s > -math.inf:
+                    gen = rows[b * K + j][1:]
+                    hyps.append((s / len(gen) ** length_penalty, gen))
+        if not hyps:
+            out.append([])
+            continue
+        best = max(hyps, key=lambda h: h[0])[1]
+        out.append([t for t in best if t not in (sep, pad)])
+    return out
+
+
 def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, device,
           banned: tuple[Tensor, Tensor], no_repeat_ngram: int = 0) -> list[list[int]]:
     """Beam search; a finished hypothesis scores sum(log p) / (generated tokens, [SEP] included)**length_penalty.
@@ -267,71 +251,29 @@ def _beam(step, model, B: int, K: int, max_length: int, length_penalty: float, d
     parent: Tensor | None = None
     for cur_len in range(1, max_length):                # cur_len = tokens generated after this step
         logits = step.logits(torch.cat([tokens, mask_col], dim=1), parent)
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        logp = logp.masked_fill(banned[cur_len == 1], -math.inf)
+        logp = torch.log_softmax(logits.float(), dim=-1).masked_fill(banned[cur_len == 1], -math.inf)
         V = logp.shape[-1]
         rep = _repeat_ban(tokens, no_repeat_ngram, V)
         if rep is not None:
             logp = logp.masked_fill(rep, -math.inf)
-        cand = (scores.view(N, 1) + logp).view(B, K * V)
-        top_s, top_i = cand.topk(2 * K, dim=1)
-        top_s, top_i = top_s.tolist(), top_i.tolist()
-        rows = tokens.tolist()
+        top_s, top_i = (scores.view(N, 1) + logp).view(B, K * V).topk(2 * K, dim=1)
+        top_s, top_i, rows = top_s.tolist(), top_i.tolist(), tokens.tolist()
         new_parent, new_tok, new_score = [], [], []
         for b in range(B):
             if done[b]:
-                new_parent += [b * K + j for j in range(K)]
-                new_tok += [pad] * K
-                new_score += [-math.inf] * K
-                continue
-            live = 0
-            for rank, (s, idx) in enumerate(zip(top_s[b], top_i[b])):
-                j, tok = divmod(idx, V)
-                if s == -math.inf:
-                    break
-                if tok == sep:
-                    if rank < K:
-                        finished[b].append((s / cur_len ** length_penalty, rows[b * K + j][1:]))
-                    continue
-                new_parent.append(b * K + j)
-                new_tok.append(tok)
-                new_score.append(s)
-                live += 1
-                if live == K:
-                    break
-            while live < K:                               # fewer live candidates than beams: pad dead rows
-                new_parent.append(b * K)
-                new_tok.append(pad)
-                new_score.append(-math.inf)
-                live += 1
-            finished[b].sort(key=lambda h: -h[0])
-            del finished[b][K:]
-            best_live = max(new_score[-K:])
-            if len(finished[b]) >= K and (best_live == -math.inf or finished[b][-1][0] >= best_live / cur_len ** length_penalty):
-                done[b] = True
+                p, t, s = [b * K + j for j in range(K)], [pad] * K, [-math.inf] * K
+            else:
+                p, t, s, done[b] = _beam_clip(top_s[b], top_i[b], b, K, V, rows, sep, pad,
+                                              cur_len ** length_penalty, finished[b])
+            new_parent += p
+            new_tok += t
+            new_score += s
         parent = torch.tensor(new_parent, dtype=torch.long, device=device)
         tokens = torch.cat([tokens.index_select(0, parent), torch.tensor(new_tok, device=device)[:, None]], dim=1)
         scores = torch.tensor(new_score, device=device).view(B, K)
         if all(done):
             break
-    # max length reached: live beams join the finished ones (no [SEP]: cut at max_length)
-    rows = tokens.tolist()
-    flat_scores = scores.view(-1).tolist()
-    out = []
-    for b in range(B):
-        hyps = list(finished[b])
-        if not done[b]:
-            for j in range(K):
-                s = flat_scores[b * K + j]
-                if s > -math.inf:
-                    gen = rows[b * K + j][1:]
-                    hyps.append((s / len(gen) ** length_penalty, gen))
-        if not hyps:
-            out.append([])
-            continue
-        best = max(hyps, key=lambda h: h[0])[1]
-        out.append([t for t in best if t not in (sep, pad)])
-    return out
+    return _beam_best(finished, done, tokens, scores, K, length_penalty, sep, pad)
 
 
 def decode_with_emotion(
@@ -365,7 +307,7 @@ def decode_with_emotion(
             ids = _greedy(step, model, B, max_length, device, banned, no_repeat_ngram)
         else:
             ids = _beam(step, model, B, beam_size, max_length, length_penalty, device, banned, no_repeat_ngram)
-        emotion = model.emotion_for_captions(batch, ids) if with_emotion else None
+        emotion = step.emotion(batch, ids) if with_emotion else None
     return ids, (None if emotion is None else emotion.float())
 
 

@@ -23,8 +23,9 @@ from pipeline.records import file_sha256
 EXTRACT_VERSION = "4"
 """Bump when what extraction computes changes (decoding, sampling, extractor maths, store schema).
 4: the key no longer holds the videos (per-clip fingerprints in the store), face/source array, fallback boxes."""
-TRAIN_VERSION = "3"
-"""Bump when what training computes changes (model maths, losses, data order)."""
+TRAIN_VERSION = "4"
+"""Bump when what training computes changes (model maths, losses, data order).
+4: MLM masking drawn per caption pair in the DataLoader workers (seeded by seed, epoch, rank, index)."""
 CAPTION_VERSION = "2"
 """Bump when decoding changes what it produces."""
 SCORE_VERSION = "2"

@@ -390,17 +390,73 @@ class Clips(Dataset):
 
 
 def collate(items: list[dict], pad_id: int = 0) -> dict:
-    """Stack features (kept in their stored dtype), pad `input_ids` with `pad_id` to the longest in the batch."""
+    """Stack features (kept in their stored dtype), pad `input_ids` with `pad_id` to the longest in the batch.
+    Items masked by `MaskedPairs` also give `masked_ids` (padded likewise), `mlm_labels` (padded with -100) and
+    `mlm_index` (N,): the flat positions (row-major in (B, L)) of the predicted tokens, computed here on the
+    host so that the training step never waits for the device to count them."""
     out: dict = {k: torch.from_numpy(np.stack([it[k] for it in items])) for k in FEATURE_ARRAYS}
     out["emotion"] = torch.tensor([it["emotion"] for it in items], dtype=torch.long)
     out["clip_id"] = [it["clip_id"] for it in items]
     if "input_ids" in items[0]:
         L = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), L), pad_id, dtype=torch.long)
-        for b, it in enumerate(items):
-            ids[b, : len(it["input_ids"])] = torch.tensor(it["input_ids"], dtype=torch.long)
-        out["input_ids"] = ids
+        out["input_ids"] = _pad_rows([it["input_ids"] for it in items], L, pad_id)
+        if "mlm_labels" in items[0]:
+            out["masked_ids"] = _pad_rows([it["masked_ids"] for it in items], L, pad_id)
+            out["mlm_labels"] = _pad_rows([it["mlm_labels"] for it in items], L, -100)
+            out["mlm_index"] = (out["mlm_labels"] != -100).flatten().nonzero().squeeze(1)
     return out
+
+
+def _pad_rows(rows: list, L: int, fill: int) -> torch.Tensor:
+    """(B, L) long tensor of the rows (lists or 1-d tensors), right-padded with `fill`."""
+    out = torch.full((len(rows), L), fill, dtype=torch.long)
+    for b, row in enumerate(rows):
+        out[b, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+    return out
+
+
+def item_seed(seed: int, epoch: int, rank: int, index: int) -> int:
+    """The MLM masking seed of one training pair in one epoch on one rank: independent of the batch it lands
+    in and of the DataLoader worker that masks it, so a resumed run masks exactly as an uninterrupted one."""
+    return (seed * 1_000_003 + epoch * 10_007 + rank * 101 + 7 + index * 2_654_435_761) % (2**63 - 1)
+
+
+class EpochTagged(Sampler):
+    """Wraps an `EpochSampler`: yields (epoch, index), so a dataset in a DataLoader worker (persistent ones
+    included, which never see `set_epoch`) knows the epoch it draws for."""
+
+    def __init__(self, sampler: "EpochSampler"):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        e = self.sampler.epoch
+        return ((e, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class MaskedPairs(Dataset):
+    """Training pairs with SwinBERT's MLM masking applied in the DataLoader workers (not in the training step).
+    `mask(ids (1, L), generator) -> (masked ids, labels)` is `losses.mask_tokens` with the tokenizer's ids bound;
+    each pair is masked with its own generator seeded by `item_seed(seed, epoch, rank, index)`. Indexed by the
+    (epoch, index) keys of `EpochTagged`."""
+
+    def __init__(self, pairs: CaptionPairs, mask: Callable, seed: int, rank: int = 0):
+        self.pairs, self.mask, self.seed, self.rank = pairs, mask, seed, rank
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        epoch, idx = key
+        item = self.pairs[idx]
+        g = torch.Generator().manual_seed(item_seed(self.seed, epoch, self.rank, idx))
+        ids, labels = self.mask(torch.as_tensor([item["input_ids"]], dtype=torch.long), generator=g)
+        return {**item, "masked_ids": ids[0], "mlm_labels": labels[0]}
 
 
 class EpochSampler(Sampler[int]):

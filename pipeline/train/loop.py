@@ -30,19 +30,21 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pipeline.config import Config, ModelConfig
 from pipeline.errors import CacheMismatchError, UserError
 from pipeline.train.losses import (
-    AU_LOSSES, ER_LOSSES, LossWeights, compute_losses, fixed_weights, mask_tokens, task_losses, total_loss,
+    AU_LOSSES, ER_LOSSES, LossWeights, compute_losses, emotion_readout, fixed_weights, mask_tokens, task_losses,
+    total_loss,
 )
 from pipeline.train.model import ECPA, SENTENCE_PROMPTS, SPARSE_MASKS, build_model
 from pipeline.progress import quiet
@@ -52,7 +54,8 @@ from pipeline.train.tokenizer import (
     TOKENIZER_FILE, CaptionTokenizer, build_tokenizer, decoding_length, load_tokenizer, piece_counts,
 )
 from pipeline.train.data import (
-    CaptionPairs, Clips, EpochSampler, FeatureSource, collate, match_clips, open_checked_store, plan_loading,
+    CaptionPairs, Clips, EpochSampler, EpochTagged, FeatureSource, MaskedPairs, collate, match_clips,
+    open_checked_store, plan_loading,
 )
 
 CKPT_DIR = "checkpoints"
@@ -94,7 +97,7 @@ def check_config(cfg: Config) -> None:
         raise UserError(f"train.er_loss={t.er_loss!r}: one of {', '.join(ER_LOSSES)}")
     if t.au_loss not in AU_LOSSES:
         raise UserError(f"train.au_loss={t.au_loss!r}: one of {', '.join(AU_LOSSES)}")
-    if t.align_er and t.er_loss != "ce" and not (m.use_er_prompt and m.use_class_tokens):
+    if t.align_er and ER_LOSSES[t.er_loss].readout == "similarity" and not (m.use_er_prompt and m.use_class_tokens):
         raise UserError(f"train.er_loss={t.er_loss} compares the ER prompt with the class tokens: it needs "
                         "model.use_er_prompt and model.use_class_tokens")
     if m.sparse_mask not in SPARSE_MASKS:
@@ -157,16 +160,26 @@ def epoch_seed(seed: int, epoch: int, rank: int, stream: int) -> int:
 
 # ------------------------------------------------------------------ optimiser and schedule
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases, LayerNorm weights, embeddings, prompt tokens and the sparse mask get no decay."""
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW; biases, LayerNorm weights, embeddings, prompt tokens and the sparse mask get no decay. `fused`:
+    the fused kernel where this torch build has one for the parameters' device (else the for-each one)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "embeddings" in name or "class_tokens" in name or "sparse_logits" in name
          else decay).append(p)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if fused and fused_adamw_supported(next(model.parameters()).device):
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def fused_adamw_supported(device: torch.device) -> bool:
+    """Whether this torch build has a fused AdamW kernel for `device` (CUDA; CPU since torch 2.4)."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    return device.type in _get_fused_kernels_supported_devices()
 
 
 def warmup_linear(total_steps: int, warmup: float):
@@ -228,11 +241,6 @@ def model_meta(model: ECPA, shapes: StoreShapes) -> dict:
 
     return {"model_config": asdict(model.cfg), "num_emotions": model.num_emotions, "shapes": asdict(shapes),
             "emotion_readout": model.emotion_readout}
-
-
-def emotion_readout(tc) -> str:
-    """How the emotion is read: the head trained by L_ER (ce), or by similarity to the class tokens."""
-    return "head" if tc.er_loss == "ce" else "similarity"
 
 
 def load_trained(run_dir: Path | str, which: str = "best", device: str | torch.device = "cpu") -> tuple[ECPA, CaptionTokenizer, dict]:
@@ -326,12 +334,275 @@ def validate(model: ECPA, loader, tokenizer: CaptionTokenizer, cfg: Config, devi
     return scores, res
 
 
-# ------------------------------------------------------------------ the loop
+# ------------------------------------------------------------------ the loop: setup, resume, step, end of epoch
 
-def _step_status(epoch: int, epochs: int, step: int, steps: int, losses: dict, lr: float) -> str:
-    """'epoch 3/40 step 20/400, mlm 2.345 er 1.204, lr 9.50e-05' (the plain progress line's middle)."""
-    parts = " ".join(f"{k} {float(v.detach()):.3f}" for k, v in losses.items())
+@dataclass
+class _Run:
+    """Everything `_setup` builds for one training run (nanoGPT's module-level globals, as one object)."""
+    cfg: Config
+    run_dir: Path
+    rank: int
+    world: int
+    distributed: bool
+    device: torch.device
+    shapes: StoreShapes
+    train_refs: list
+    val_refs: list
+    skipped: int
+    load: object                     # data.LoadPlan
+    tokenizer: CaptionTokenizer
+    model: ECPA                      # the bare model: state dicts, validation
+    net: nn.Module                   # what the step calls: the model, DDP-wrapped and/or compiled
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    weighting: LossWeights
+    scaler: torch.amp.GradScaler | None
+    amp: torch.dtype | None
+    val_loader: DataLoader | None
+    val_length: int
+    t_start: float = field(default_factory=time.time)
+    start_epoch: int = 0
+    best: dict = field(default_factory=lambda: {"CIDEr": None, "epoch": None})
+    last_scores: dict = field(default_factory=dict)
+    epoch_times: list = field(default_factory=list)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.loader)
+
+
+def _open_data(cfg: Config, store_path, clips: list, expect_shapes, rank: int, note) -> tuple:
+    """(shapes, train refs, val refs, skipped clips, load plan, feature source) of the store for the manifest."""
+    group, shapes = open_checked_store(store_path, expect_shapes)
+    if shapes.emotions != len(cfg.data.emotions):
+        raise CacheMismatchError(f"{store_path}: the store has {shapes.emotions} emotion classes, the config "
+                                 f"{len(cfg.data.emotions)} ({', '.join(cfg.data.emotions)})")
+    train_refs, skipped_train = match_clips(group, store_path, clips, ("train",))
+    val_refs, skipped_val = match_clips(group, store_path, clips, ("val",))
+    if not train_refs:
+        raise CacheMismatchError(f"{store_path}: no extracted training clips (of {len(clips)} manifest clips)")
+    rows_used = [r.row for r in train_refs + val_refs]
+    load = plan_loading(shapes, rows_used, cfg.train.ram_cache_gb, cfg.train.num_workers)  # RAM if rows fit
+    if load.note and rank == 0 and note is not None:
+        note(load.note)
+    source = FeatureSource(store_path, rows_used, in_memory=load.in_memory)
+    return shapes, train_refs, val_refs, skipped_train + skipped_val, load, source
+
+
+def _run_tokenizer(cfg: Config, run_dir: Path, train_refs: list, resume: bool, rank: int,
+                   distributed: bool) -> CaptionTokenizer:
+    """Reloaded from the run when resuming, else built (rank 0) and saved with the run."""
+    if rank == 0 and not (resume and (run_dir / TOKENIZER_FILE).is_file()):
+        tok = build_tokenizer(cfg.model.tokenizer, [c for r in train_refs for c in r.captions], cfg.model.vocab_size)
+        tok.save(run_dir)
+    _barrier(distributed)
+    return load_tokenizer(run_dir)
+
+
+def _train_loader(cfg: Config, pairs: CaptionPairs, tokenizer: CaptionTokenizer, rank: int, world: int,
+                  load, device: torch.device) -> DataLoader:
+    """Seeded epoch order, MLM masking in the workers (`MaskedPairs`), padding and mlm_index in the collate."""
+    tc = cfg.train
+    mask = functools.partial(mask_tokens, pad_id=tokenizer.pad_id, special_ids=frozenset(tokenizer.special_ids),
+                             mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size, mask_prob=tc.mask_prob,
+                             max_masked=tc.max_masked)
+    sampler = EpochTagged(EpochSampler(len(pairs), tc.seed, rank, world))
+    return DataLoader(MaskedPairs(pairs, mask, tc.seed, rank), batch_size=tc.batch_size, sampler=sampler,
+                      collate_fn=functools.partial(collate, pad_id=tokenizer.pad_id), drop_last=False,
+                      pin_memory=device.type == "cuda", **load.loader_kwargs())
+
+
+def _wrap(model: ECPA, tc, device: torch.device, distributed: bool) -> nn.Module:
+    """The module the step calls: DDP across ranks, then torch.compile with train.compile."""
+    net: nn.Module = model
+    if distributed:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.emotion_head is not None and not (tc.align_er and emotion_readout(tc) == "head"))
+    if tc.compile:
+        net = torch.compile(net)
+    return net
+
+
+def _setup(cfg: Config, store_path, clips: list, run_dir: Path, resume: bool, expect_shapes, note) -> _Run:
+    """Data, tokenizer, model, optimiser, schedule, loss weighting, loaders: the run before its first step."""
+    tc, mc = cfg.train, cfg.model
+    rank, world, local_rank = dist_env()
+    device = resolve_device(tc.device, local_rank)
+    distributed = init_distributed(device)
+    t_start = time.time()
+    shapes, train_refs, val_refs, skipped, load, source = _open_data(cfg, store_path, clips, expect_shapes, rank, note)
+    tokenizer = _run_tokenizer(cfg, run_dir, train_refs, resume, rank, distributed)
+
+    seed_everything(tc.seed)
+    model = build_model(mc, tokenizer, num_emotions=len(cfg.data.emotions), shapes=shapes,
+                        emotion_readout=emotion_readout(tc))
+    model.grad_checkpoint = tc.grad_checkpoint
+    if mc.init_from:
+        from pipeline.train.bert_init import load_bert_init
+
+        load_bert_init(model, mc.init_from)
+    model = model.to(device)
+    loader = _train_loader(cfg, CaptionPairs(train_refs, source, tokenizer, mc.max_caption_len), tokenizer,
+                           rank, world, load, device)
+    optimizer = make_optimizer(model, tc.lr, tc.weight_decay, fused=tc.fused_adamw)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(len(loader) * tc.epochs, tc.warmup))
+    amp = autocast_dtype(tc.precision, device)
+    val_loader = None
+    if tc.validate and val_refs and rank == 0:
+        val_loader = DataLoader(Clips(val_refs, source), batch_size=cfg.caption.batch_size, shuffle=False,
+                                collate_fn=functools.partial(collate, pad_id=tokenizer.pad_id), num_workers=0)
+    val_length = cfg.caption.max_length or decoding_length(   # caption.max_length=0: from the training captions
+        piece_counts(tokenizer, [c for r in train_refs for c in r.captions]), mc.max_caption_len)
+    return _Run(cfg=cfg, run_dir=run_dir, rank=rank, world=world, distributed=distributed, device=device,
+                shapes=shapes, train_refs=train_refs, val_refs=val_refs, skipped=skipped, load=load,
+                tokenizer=tokenizer, model=model, net=_wrap(model, tc, device, distributed), loader=loader,
+                optimizer=optimizer, scheduler=scheduler,
+                weighting=LossWeights(tc.weighting, task_losses(tc), tc.dwa_temperature, fixed_weights(tc)),
+                scaler=torch.amp.GradScaler("cuda") if amp == torch.float16 else None, amp=amp,
+                val_loader=val_loader, val_length=val_length, t_start=t_start)
+
+
+def _resume(run: _Run, resume: bool) -> None:
+    """Load last.pt (model, optimiser, schedule, DWA history, scaler, RNG states) when resuming; drop metric
+    lines after it. A fresh run clears metrics.jsonl."""
+    last_path = run.run_dir / CKPT_DIR / "last.pt"
+    if not (resume and last_path.is_file()):
+        if run.is_main:
+            (run.run_dir / METRICS_FILE).unlink(missing_ok=True)
+        return
+    ck = torch.load(last_path, map_location="cpu", weights_only=False)
+    run.model.load_state_dict(ck["model"])
+    run.start_epoch, run.best = ck["epoch"] + 1, ck["best"]
+    epochs = run.cfg.train.epochs
+    if "optimizer" not in ck:   # a finished run's last.pt (`_finish_checkpoints`): nothing left to resume
+        if run.start_epoch < epochs:
+            raise UserError(f"{last_path}: the checkpoint of a finished run ({run.start_epoch} epochs) holds no "
+                            f"optimiser state to resume to {epochs} epochs; retrain with --force")
+    else:
+        run.optimizer.load_state_dict(ck["optimizer"])
+        run.scheduler.load_state_dict(ck["scheduler"])
+        run.weighting.load_state_dict(ck["weighting"])
+        if run.scaler is not None and ck.get("scaler"):
+            run.scaler.load_state_dict(ck["scaler"])
+        _set_rng_state(ck["rng"])
+    if run.is_main:  # drop metric lines of epochs after the checkpoint (a crash between the two writes)
+        rows = [r for r in read_metrics(run.run_dir) if r["epoch"] <= ck["epoch"]]
+        atomic_write_text(run.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _step_inputs(batch: dict) -> dict:
+    """The tensors the model reads (clip ids left out: a compiled model would guard on every string)."""
+    return {k: v for k, v in batch.items() if torch.is_tensor(v)}
+
+
+def _train_step(run: _Run, batch: dict, weights: dict[str, float]) -> dict[str, Tensor]:
+    """One optimisation step; returns the (detached) losses, still on the device: nothing here waits for it
+    (no float(loss), no boolean indexing: the masking and mlm_index came from the loader's workers)."""
+    tc = run.cfg.train
+    batch = to_device(_step_inputs(batch), run.device)
+    with (torch.autocast(run.device.type, dtype=run.amp) if run.amp else nullcontext()):
+        out = run.net(batch, batch["masked_ids"], batch["mlm_labels"])
+        losses = compute_losses(out, batch, tc, run.model)
+        loss = total_loss(losses, weights, tc.lambda_sparse)
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.scaler is not None:
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+    else:
+        loss.backward()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+    if run.scaler is not None:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.scheduler.step()
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def _step_status(epoch: int, epochs: int, step: int, steps: int, losses: dict[str, Tensor], lr: float) -> str:
+    """'epoch 3/40 step 20/400, mlm 2.345 er 1.204, lr 9.50e-05' (the plain progress line's middle); one host
+    copy for all the losses, and only on the steps that log."""
+    values = torch.stack([v.float() for v in losses.values()]).tolist()
+    parts = " ".join(f"{k} {v:.3f}" for k, v in zip(losses, values))
     return f"epoch {epoch + 1}/{epochs} step {step + 1}/{steps}, {parts}, lr {lr:.2e}"
+
+
+def _train_epoch(run: _Run, epoch: int, bar) -> tuple[dict[str, float], dict[str, float], float]:
+    """One epoch of steps: (mean loss per name across ranks, the loss weights used, the last step's lr). Loss
+    sums stay on the device (float64, as the Python floats they replace) until the epoch ends."""
+    tc = run.cfg.train
+    run.loader.sampler.set_epoch(epoch)
+    torch.manual_seed(epoch_seed(tc.seed, epoch, run.rank, 0))      # dropout
+    weights = run.weighting.weights()
+    sums: dict[str, Tensor] = {}
+    steps, lr = run.steps_per_epoch, run.scheduler.get_last_lr()[0]
+    run.model.train()
+    for step, batch in enumerate(run.loader):
+        lr = run.scheduler.get_last_lr()[0]      # the lr this step uses (read before the schedule moves on)
+        losses = _train_step(run, batch, weights)
+        for k, v in losses.items():
+            sums[k] = sums[k] + v.double() if k in sums else v.double()
+        log = (step + 1) % max(tc.log_every, 1) == 0 or step + 1 == steps
+        bar.advance(1, status=_step_status(epoch, tc.epochs, step, steps, losses, lr) if log else None)
+    totals = dict(zip(sums, torch.stack(list(sums.values())).tolist())) if sums else {}
+    means = _all_mean({k: v / max(steps, 1) for k, v in totals.items()}, run.distributed)
+    run.weighting.end_epoch(means)
+    return means, weights, lr
+
+
+def _end_of_epoch(run: _Run, epoch: int, means: dict, weights: dict, lr: float, epoch_s: float) -> None:
+    """Rank 0: validation (captions, CIDEr, emotion accuracy), best.pt by CIDEr, last.pt, a metrics line."""
+    steps = run.steps_per_epoch
+    row = {"epoch": epoch, "step": (epoch + 1) * steps, "loss": means, "weights": weights, "lr": lr,
+           "time_s": epoch_s}
+    improved = True
+    if run.val_loader is not None:
+        scores, caps = validate(run.model, run.val_loader, run.tokenizer, run.cfg, run.device,
+                                {r.id: r.captions for r in run.val_refs}, run.val_length)
+        row["val"] = run.last_scores = scores
+        atomic_write_text(run.run_dir / "val" / f"epoch_{epoch:03d}.json",
+                          json.dumps({"epoch": epoch, "scores": scores, "captions": caps}, indent=1))
+        # a tie keeps the later epoch: equal CIDEr, more training (README: "best.pt")
+        improved = run.best["CIDEr"] is None or scores["CIDEr"] >= run.best["CIDEr"]
+        if improved:
+            run.best = {"CIDEr": scores["CIDEr"], "epoch": epoch}
+    else:
+        run.best = {"CIDEr": None, "epoch": epoch}   # no validation: best = last
+    meta = model_meta(run.model, run.shapes)
+    model_state = run.model.state_dict()
+    if improved:
+        _atomic_save({"model": model_state, "epoch": epoch, "best": run.best, "meta": meta,
+                      "scores": row.get("val")}, run.run_dir / CKPT_DIR / "best.pt")
+    _atomic_save({"model": model_state, "optimizer": run.optimizer.state_dict(),
+                  "scheduler": run.scheduler.state_dict(), "weighting": run.weighting.state_dict(),
+                  "scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": _rng_state(),
+                  "epoch": epoch, "best": run.best, "meta": meta}, run.run_dir / CKPT_DIR / "last.pt")
+    with open(run.run_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _summary(run: _Run) -> dict:
+    times, tc = run.epoch_times, run.cfg.train
+    if run.is_main and times:  # the plot is redrawn at the end of every (resumed) run: matplotlib is slow
+        plot_metrics(read_metrics(run.run_dir), run.run_dir / PLOT_FILE)
+    if run.is_main and times and run.start_epoch + len(times) == tc.epochs:
+        _finish_checkpoints(run.run_dir, run.best.get("epoch"), tc.epochs - 1)
+    return {
+        "epochs_run": len(times), "start_epoch": run.start_epoch, "steps_per_epoch": run.steps_per_epoch,
+        "train_clips": len(run.train_refs), "train_pairs": len(run.loader.dataset), "val_clips": len(run.val_refs),
+        "skipped_clips": run.skipped, "in_memory": run.load.in_memory, "loader_workers": run.load.num_workers,
+        "world_size": run.world, "device": str(run.device), "best": run.best, "last_val": run.last_scores,
+        "params": sum(p.numel() for p in run.model.parameters()), "train_s": time.time() - run.t_start,
+        "steps_per_s": (run.steps_per_epoch * len(times) / sum(times)) if times else None, "model": run.model,
+    }
 
 
 def train(
@@ -353,187 +624,19 @@ def train(
     train.log_every steps otherwise); a bool only counts. `note(text)` receives notes for the user. Returns a
     summary dict."""
     check_config(cfg)
-    tc, mc = cfg.train, cfg.model
-    run_dir = Path(run_dir)
-    rank, world, local_rank = dist_env()
-    device = resolve_device(tc.device, local_rank)
-    distributed = init_distributed(device)
-    is_main = rank == 0
-    t_start = time.time()
-
-    # ---- data ----
-    group, shapes = open_checked_store(store_path, expect_shapes)
-    if shapes.emotions != len(cfg.data.emotions):
-        raise CacheMismatchError(f"{store_path}: the store has {shapes.emotions} emotion classes, the config "
-                                 f"{len(cfg.data.emotions)} ({', '.join(cfg.data.emotions)})")
-    train_refs, skipped_train = match_clips(group, store_path, clips, ("train",))
-    val_refs, skipped_val = match_clips(group, store_path, clips, ("val",))
-    if not train_refs:
-        raise CacheMismatchError(f"{store_path}: no extracted training clips (of {len(clips)} manifest clips)")
-    rows_used = [r.row for r in train_refs + val_refs]
-    load = plan_loading(shapes, rows_used, tc.ram_cache_gb, tc.num_workers)  # RAM if the used rows fit
-    if load.note and is_main and note is not None:
-        note(load.note)
-    source = FeatureSource(store_path, rows_used, in_memory=load.in_memory)
-
-    # ---- tokenizer: reloaded from the run when resuming, else built (rank 0) and saved with the run ----
-    tok_path = run_dir / TOKENIZER_FILE
-    if is_main and not (resume and tok_path.is_file()):
-        tok = build_tokenizer(mc.tokenizer, [c for r in train_refs for c in r.captions], mc.vocab_size)
-        tok.save(run_dir)
-    _barrier(distributed)
-    tokenizer = load_tokenizer(run_dir)
-
-    # ---- model, optimiser, schedule ----
-    seed_everything(tc.seed)
-    model = build_model(mc, tokenizer, num_emotions=len(cfg.data.emotions), shapes=shapes,
-                        emotion_readout=emotion_readout(tc))
-    model.grad_checkpoint = tc.grad_checkpoint
-    if mc.init_from:
-        from pipeline.train.bert_init import load_bert_init
-
-        load_bert_init(model, mc.init_from)
-    model = model.to(device)
-    train_set = CaptionPairs(train_refs, source, tokenizer, mc.max_caption_len)
-    sampler = EpochSampler(len(train_set), tc.seed, rank, world)
-    pad = tokenizer.pad_id
-    loader = DataLoader(train_set, batch_size=tc.batch_size, sampler=sampler,
-                        collate_fn=functools.partial(collate, pad_id=pad), drop_last=False,
-                        pin_memory=device.type == "cuda", **load.loader_kwargs())
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * tc.epochs
-    optimizer = make_optimizer(model, tc.lr, tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(total_steps, tc.warmup))
-    weighting = LossWeights(tc.weighting, task_losses(tc), tc.dwa_temperature, fixed_weights(tc))
-    amp = autocast_dtype(tc.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    net = model
-    if distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=model.emotion_head is not None and not (tc.align_er and tc.er_loss == "ce"))
-
-    # ---- resume ----
-    start_epoch, best = 0, {"CIDEr": None, "epoch": None}
-    last_path = run_dir / CKPT_DIR / "last.pt"
-    if resume and last_path.is_file():
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
-        start_epoch, best = ck["epoch"] + 1, ck["best"]
-        if "optimizer" not in ck:   # a finished run's last.pt (`_finish_checkpoints`): nothing left to resume
-            if start_epoch < tc.epochs:
-                raise UserError(f"{last_path}: the checkpoint of a finished run ({start_epoch} epochs) holds no "
-                                f"optimiser state to resume to {tc.epochs} epochs; retrain with --force")
-        else:
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-            weighting.load_state_dict(ck["weighting"])
-            if scaler is not None and ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
-            _set_rng_state(ck["rng"])
-        if is_main:  # drop metric lines of epochs after the checkpoint (a crash between the two writes)
-            rows = [r for r in read_metrics(run_dir) if r["epoch"] <= ck["epoch"]]
-            atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-    elif is_main:
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-
-    val_loader = None
-    if tc.validate and val_refs and is_main:
-        val_loader = DataLoader(Clips(val_refs, source), batch_size=cfg.caption.batch_size, shuffle=False,
-                                collate_fn=functools.partial(collate, pad_id=pad), num_workers=0)
-    refs = {r.id: r.captions for r in val_refs}
-    val_length = cfg.caption.max_length or decoding_length(   # caption.max_length=0: from the training captions
-        piece_counts(tokenizer, [c for r in train_refs for c in r.captions]), mc.max_caption_len)
-    special = tokenizer.special_ids
-    last_scores: dict = {}
-    epoch_times: list[float] = []
-
-    make_progress = progress if callable(progress) and is_main else quiet
-    with make_progress("train", (tc.epochs - start_epoch) * steps_per_epoch, unit="step",
+    tc = cfg.train
+    run = _setup(cfg, store_path, clips, Path(run_dir), resume, expect_shapes, note)
+    _resume(run, resume)
+    make_progress = progress if callable(progress) and run.is_main else quiet
+    with make_progress("train", (tc.epochs - run.start_epoch) * run.steps_per_epoch, unit="step",
                        every_n=tc.log_every, every_s=math.inf) as bar:
-        for epoch in range(start_epoch, tc.epochs):
+        for epoch in range(run.start_epoch, tc.epochs):
             t_epoch = time.time()
-            sampler.set_epoch(epoch)
-            torch.manual_seed(epoch_seed(tc.seed, epoch, rank, 0))      # dropout
-            mask_gen = torch.Generator().manual_seed(epoch_seed(tc.seed, epoch, rank, 1))
-            weights = weighting.weights()
-            sums: dict[str, float] = {}
-            model.train()
-            for step, batch in enumerate(loader):
-                ids, labels = mask_tokens(batch["input_ids"], pad_id=tokenizer.pad_id, special_ids=special,
-                                          mask_id=tokenizer.mask_id,
-                                          vocab_size=tokenizer.vocab_size, mask_prob=tc.mask_prob,
-                                          max_masked=tc.max_masked, generator=mask_gen)
-                batch = to_device(batch, device)
-                ids, labels = ids.to(device), labels.to(device)
-                with (torch.autocast(device.type, dtype=amp) if amp else nullcontext()):
-                    out = net(batch, ids, labels)
-                    losses = compute_losses(out, batch, tc, model)
-                    loss = total_loss(losses, weights, tc.lambda_sparse)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(optimizer)
-                else:
-                    loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                lr = scheduler.get_last_lr()[0]      # the lr this step used (read before the schedule moves on)
-                scheduler.step()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                bar.advance(1, status=_step_status(epoch, tc.epochs, step, steps_per_epoch, losses, lr))
-            means = _all_mean({k: v / max(steps_per_epoch, 1) for k, v in sums.items()}, distributed)
-            weighting.end_epoch(means)
-            epoch_times.append(time.time() - t_epoch)
-
-            # ---- validation, metrics, checkpoints (rank 0) ----
-            if is_main:
-                row = {"epoch": epoch, "step": (epoch + 1) * steps_per_epoch, "loss": means,
-                       "weights": weights, "lr": lr, "time_s": epoch_times[-1]}
-                improved = True
-                if val_loader is not None:
-                    scores, caps = validate(model, val_loader, tokenizer, cfg, device, refs, val_length)
-                    row["val"] = scores
-                    last_scores = scores
-                    atomic_write_text(run_dir / "val" / f"epoch_{epoch:03d}.json",
-                                      json.dumps({"epoch": epoch, "scores": scores, "captions": caps}, indent=1))
-                    # a tie keeps the later epoch: equal CIDEr, more training (README: "best.pt")
-                    improved = best["CIDEr"] is None or scores["CIDEr"] >= best["CIDEr"]
-                    if improved:
-                        best = {"CIDEr": scores["CIDEr"], "epoch": epoch}
-                else:
-                    best = {"CIDEr": None, "epoch": epoch}   # no validation: best = last
-                meta = model_meta(model, shapes)
-                state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "weighting": weighting.state_dict(),
-                         "scaler": scaler.state_dict() if scaler is not None else None, "rng": _rng_state(),
-                         "epoch": epoch, "best": best, "meta": meta}
-                if improved:
-                    _atomic_save({"model": state["model"], "epoch": epoch, "best": best, "meta": meta,
-                                  "scores": row.get("val")}, run_dir / CKPT_DIR / "best.pt")
-                _atomic_save(state, last_path)
-                with open(run_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            _barrier(distributed)
+            means, weights, lr = _train_epoch(run, epoch, bar)
+            run.epoch_times.append(time.time() - t_epoch)
+            if run.is_main:
+                _end_of_epoch(run, epoch, means, weights, lr, run.epoch_times[-1])
+            _barrier(run.distributed)
             if stop_after_epoch is not None and epoch >= stop_after_epoch:
                 break
-    if is_main and epoch_times:  # the plot is redrawn at the end of every (resumed) run: matplotlib is slow
-        plot_metrics(read_metrics(run_dir), run_dir / PLOT_FILE)
-    if is_main and epoch_times and start_epoch + len(epoch_times) == tc.epochs:
-        _finish_checkpoints(run_dir, best.get("epoch"), tc.epochs - 1)
-
-    return {
-        "epochs_run": len(epoch_times), "start_epoch": start_epoch, "steps_per_epoch": steps_per_epoch,
-        "train_clips": len(train_refs), "train_pairs": len(train_set), "val_clips": len(val_refs),
-        "skipped_clips": skipped_train + skipped_val, "in_memory": load.in_memory, "loader_workers": load.num_workers, "world_size": world,
-        "device": str(device), "best": best, "last_val": last_scores, "params": sum(p.numel() for p in model.parameters()),
-        "train_s": time.time() - t_start,
-        "steps_per_s": (steps_per_epoch * len(epoch_times) / sum(epoch_times)) if epoch_times else None,
-        "model": model,
-    }
+    return _summary(run)

@@ -31,6 +31,8 @@ numpy cannot take for the matching).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,17 +40,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-ER_LOSSES = ("ce", "global", "sim_ce")
-AU_LOSSES = ("aucl", "ce", "contrastive")
 SIM_CE_TEMPERATURE = 0.1
 """Temperature of the similarity-based cross-entropy alternative."""
-
-
-def loss_name(side: str, name: str) -> str:
-    """The logged name of an alignment loss: the paper's keep `er` / `aucl`, alternatives get their own."""
-    if side == "er":
-        return "er" if name == "ce" else f"er_{name}"
-    return "aucl" if name == "aucl" else f"au_{name}"
 
 
 def _no_autocast(fn):
@@ -120,30 +113,111 @@ def loss_mlm(logits: Tensor, targets: Tensor) -> Tensor:
 def loss_er(emotion_logits: Tensor, emotion: Tensor) -> Tensor:
     """L_ER: cross-entropy of the emotion class from concat(P_ER, P_S) (the model's emotion head).
     Clips without an emotion label (index -1) are left out."""
-    if not bool((emotion >= 0).any()):
-        return emotion_logits.sum() * 0.0
-    return F.cross_entropy(emotion_logits.float(), emotion, ignore_index=-1)
+    per = F.cross_entropy(emotion_logits.float(), emotion.clamp(min=0), reduction="none")   # (B,)
+    return _known_mean(per, emotion)
+
+
+def _known_mean(per_clip: Tensor, emotion: Tensor) -> Tensor:
+    """Mean of `per_clip` (B,) over the clips with an emotion label (index >= 0); 0 (with a graph) when none.
+    Computed on the device, no host sync (a boolean index or `bool(any)` would wait for the GPU)."""
+    known = (emotion >= 0).to(per_clip.dtype)
+    return (per_clip * known).sum() / known.sum().clamp(min=1.0)
+
+
+# ------------------------------------------------------------------ the alignment-loss registry
+# One entry per Table VI row: adding an alignment loss is one function plus one line in ER_LOSSES / AU_LOSSES
+# (its config name, its logged name, and what it needs); `check_config`, the emotion readout, DDP's unused-
+# parameter switch, the loss weights and `compute_losses` all read the tables.
+
+@dataclass(frozen=True)
+class ERLoss:
+    """An ER-sentence alignment: fn(cos or logits inputs) -> scalar; `readout` is how the emotion is then read
+    (the head it trains, or the similarity of the ER prompt to the class tokens, which needs both prompts)."""
+    fn: Callable[..., Tensor]
+    logged: str
+    readout: str   # "head" | "similarity"
+
+
+@dataclass(frozen=True)
+class AULoss:
+    """An AU-word alignment: fn(D (B, K, Lt) cosines, matches (b, i, j), context) -> scalar."""
+    fn: Callable[..., Tensor]
+    logged: str
+
+
+def _er_cos(er_state: Tensor, class_states: Tensor) -> Tensor:
+    """cos(P_ER, C_k): (B, E) from er_state (B, H) and class_states (B, E, H), fp32."""
+    return torch.einsum("beh,bh->be", F.normalize(class_states.float(), dim=-1, eps=1e-8),
+                        F.normalize(er_state.float(), dim=-1, eps=1e-8))
+
+
+def _er_ce(emotion, emotion_logits=None, **_) -> Tensor:
+    return loss_er(emotion_logits, emotion)
+
+
+def _er_global(emotion, er_state=None, class_states=None, **_) -> Tensor:
+    cos_y = _er_cos(er_state, class_states).gather(1, emotion.clamp(min=0)[:, None]).squeeze(1)   # (B,)
+    return _known_mean(1 - cos_y, emotion)
+
+
+def _er_sim_ce(emotion, er_state=None, class_states=None, **_) -> Tensor:
+    logits = _er_cos(er_state, class_states) / SIM_CE_TEMPERATURE
+    return _known_mean(F.cross_entropy(logits, emotion.clamp(min=0), reduction="none"), emotion)
+
+
+ER_LOSSES: dict[str, ERLoss] = {
+    "ce": ERLoss(_er_ce, "er", "head"),
+    "global": ERLoss(_er_global, "er_global", "similarity"),
+    "sim_ce": ERLoss(_er_sim_ce, "er_sim_ce", "similarity"),
+}
+
+
+def _au_aucl(D, match, ctx) -> Tensor:
+    bi, ri, ci = match
+    return aucl_pairs(D[bi, ri, ci], ctx["tau_c"], ctx["margin"]).mean()
+
+
+def _au_ce(D, match, ctx) -> Tensor:
+    bi, ri, ci = match
+    logits = ctx["au_prompts"][bi, ri].float() @ ctx["embedding_weight"].float().t()
+    return F.cross_entropy(logits, ctx["word_ids"][bi, ci])
+
+
+def _au_contrastive(D, match, ctx) -> Tensor:
+    """Every (AU prompt, valid word) pair of the clips that have a word."""
+    bi, ri, ci = match
+    Y = torch.zeros_like(D)
+    Y[bi, ri, ci] = 1.0
+    d = 1 - D
+    per_pair = Y * d.pow(2) + (1 - Y) * (ctx["margin"] - d).clamp(min=0).pow(2)
+    pairs = ctx["word_valid"][:, None, :].expand_as(D).to(D.dtype)
+    return (per_pair * pairs).sum() / pairs.sum()
+
+
+AU_LOSSES: dict[str, AULoss] = {
+    "aucl": AULoss(_au_aucl, "aucl"),
+    "ce": AULoss(_au_ce, "au_ce"),
+    "contrastive": AULoss(_au_contrastive, "au_contrastive"),
+}
+
+
+def loss_name(side: str, name: str) -> str:
+    """The logged name of an alignment loss: the paper's keep `er` / `aucl`, alternatives get their own."""
+    return (ER_LOSSES if side == "er" else AU_LOSSES)[name].logged
 
 
 @_no_autocast
 def er_align_loss(name: str, *, emotion: Tensor, emotion_logits: Tensor | None = None,
                   er_state: Tensor | None = None, class_states: Tensor | None = None) -> Tensor:
-    """ER-sentence alignment `name` (module docstring). emotion (B,) with -1 for unlabelled clips (left out);
-    ce reads emotion_logits (B, E); global / sim_ce read er_state (B, H) and class_states (B, E, H)."""
+    """ER-sentence alignment `name` (module docstring). emotion (B,) with -1 for unlabelled clips (left out;
+    0 when none has a label); ce reads emotion_logits (B, E); global / sim_ce read er_state (B, H) and
+    class_states (B, E, H). No host sync: the unlabelled clips are weighted out on the device."""
     if name not in ER_LOSSES:
         raise ValueError(f"unknown ER-sentence loss {name!r} (one of {', '.join(ER_LOSSES)})")
-    if name == "ce":
-        return loss_er(emotion_logits, emotion)
-    if er_state is None or class_states is None:
+    entry = ER_LOSSES[name]
+    if entry.readout == "similarity" and (er_state is None or class_states is None):
         raise ValueError(f"ER-sentence loss {name!r} needs the ER prompt and the class tokens")
-    known = emotion >= 0
-    if not bool(known.any()):
-        return er_state.sum() * 0.0 + class_states.sum() * 0.0
-    cos = torch.einsum("beh,bh->be", F.normalize(class_states.float(), dim=-1, eps=1e-8),
-                       F.normalize(er_state.float(), dim=-1, eps=1e-8))          # (B, E)
-    if name == "global":
-        return (1 - cos[known].gather(1, emotion[known][:, None])).mean()
-    return F.cross_entropy(cos[known] / SIM_CE_TEMPERATURE, emotion[known])
+    return entry.fn(emotion, emotion_logits=emotion_logits, er_state=er_state, class_states=class_states)
 
 
 def aucl_pairs(D_matched: Tensor, tau_c: float, margin: float) -> Tensor:
@@ -153,11 +227,12 @@ def aucl_pairs(D_matched: Tensor, tau_c: float, margin: float) -> Tensor:
 
 
 def match_all(D: Tensor, word_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Hungarian matching of every clip at once: D (B, K, Lt) cosines, word_valid (B, Lt). One device-to-host
-    copy of D; per clip, scipy's linear_sum_assignment over its valid words (maximising sum D). Returns
-    the matched (clip, AU prompt, word position) index tensors, on D's device."""
-    D_np = D.detach().float().cpu().numpy()
-    valid_np = word_valid.detach().cpu().numpy()
+    """Hungarian matching of every clip at once: D (B, K, Lt) cosines, word_valid (B, Lt). ONE device-to-host
+    copy (D with the valid-word row stacked under it); per clip, scipy's linear_sum_assignment over its valid
+    words (maximising sum D). Returns the matched (clip, AU prompt, word position) index tensors on D's device."""
+    K = D.shape[1]
+    both = torch.cat([D.detach().float(), word_valid[:, None, :].float()], dim=1).cpu().numpy()  # (B, K+1, Lt)
+    D_np, valid_np = both[:, :K], both[:, K] > 0.5
     bs, rs, cs = [], [], []
     for b in range(D_np.shape[0]):
         cols = np.flatnonzero(valid_np[b])
@@ -199,22 +274,12 @@ def au_align_loss(
     a = F.normalize(au_prompts.float(), dim=-1, eps=1e-8)
     w = F.normalize(word_prompts.float(), dim=-1, eps=1e-8)
     D = a @ w.transpose(1, 2)                                      # (B, K, Lt)
-    bi, ri, ci = match_all(D, word_valid)
-    zero = au_prompts.float().sum() * 0.0 + word_prompts.float().sum() * 0.0
-    if bi.numel() == 0:
-        return zero
-    if name == "aucl":
-        return aucl_pairs(D[bi, ri, ci], tau_c, margin).mean()
-    if name == "ce":
-        logits = au_prompts[bi, ri].float() @ embedding_weight.float().t()
-        return F.cross_entropy(logits, word_ids[bi, ci])
-    # contrastive: every (AU prompt, valid word) pair of the clips that have a word
-    Y = torch.zeros_like(D)
-    Y[bi, ri, ci] = 1.0
-    d = 1 - D
-    per_pair = Y * d.pow(2) + (1 - Y) * (margin - d).clamp(min=0).pow(2)
-    pairs = word_valid[:, None, :].expand_as(D).to(D.dtype)
-    return (per_pair * pairs).sum() / pairs.sum()
+    match = match_all(D, word_valid)
+    if match[0].numel() == 0:   # a host-side count (the indices came from the host): no sync
+        return au_prompts.float().sum() * 0.0 + word_prompts.float().sum() * 0.0
+    ctx = {"tau_c": tau_c, "margin": margin, "au_prompts": au_prompts, "word_ids": word_ids,
+           "embedding_weight": embedding_weight, "word_valid": word_valid}
+    return AU_LOSSES[name].fn(D, match, ctx)
 
 
 # ------------------------------------------------------------------ all losses of one step
@@ -229,6 +294,12 @@ def fixed_weights(tcfg) -> dict[str, float]:
     """train.lambda_* by loss name: lambda_er for the ER side, lambda_aucl for the AU side."""
     return {"mlm": tcfg.lambda_mlm, loss_name("er", tcfg.er_loss): tcfg.lambda_er,
             loss_name("au", tcfg.au_loss): tcfg.lambda_aucl}
+
+
+def emotion_readout(tcfg) -> str:
+    """How the emotion is read: the head trained by L_ER, or the similarity to the class tokens (the ER loss's
+    registry entry says which)."""
+    return ER_LOSSES[tcfg.er_loss].readout
 
 
 def compute_losses(out: dict, batch: dict, tcfg, model) -> dict[str, Tensor]:

@@ -47,6 +47,7 @@ attention kernel can take it). Non-standard parts, all outside the encoder layer
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -371,8 +372,8 @@ class ECPA(nn.Module):
             parts.append(self.class_tokens[None].expand(cap.shape[0], -1, -1).to(cap.dtype))
         x = torch.cat(parts, dim=1)
         Lt, Lc = input_ids.shape[1], ctx.shape[1]
-        mask = self.attention_mask(Lt, valid, cap_valid=input_ids != self.pad_id, n_sentence=n_sent,
-                                   dtype=self._compute_dtype(x))
+        mask = aligned_bias(self.attention_mask(Lt, valid, cap_valid=input_ids != self.pad_id, n_sentence=n_sent,
+                                                dtype=self._compute_dtype(x)))   # once per batch, every layer reads it
         h = self.run_encoder(x, mask)
         return {"cap": h[:, :Lt], "ctx": h[:, Lt:Lt + Lc], "sent": h[:, Lt + Lc:] if n_sent else None, "ctx_emb": ctx}
 
@@ -411,10 +412,101 @@ class ECPA(nn.Module):
         h = self.encode_all(batch, self.caption_ids(captions, self.bert_config.max_position_embeddings))
         return self.emotion_logits(h["ctx"], h["sent"])
 
+    # ------------------------------------------------------------------ decoding: the prefix KV step
+    # Context tokens never attend to caption tokens, so each layer's context keys/values are computed once per
+    # clip (`context_cache`, which also keeps the context's last-layer states: the emotion and the ER prompt
+    # read them). Caption tokens attend causally, so a real caption token's keys/values never change once
+    # computed; `caption_step` runs only the newest real token(s) and the [MASK] slot through the layers against
+    # the cached caption and context keys/values. The layer maths is BertLayer's (post-LN: attention ->
+    # output.dense -> dropout -> LayerNorm(+residual) -> intermediate -> output.dense -> LayerNorm(+residual)),
+    # on its own submodules; the additive masks are cut from `attention_mask`, so the rules live in one place.
+
+    @torch.no_grad()
+    def context_cache(self, batch: dict, max_length: int) -> "ContextCache":
+        """One pass of the context (video tokens, prompts) through the layers: per-layer keys/values, the
+        last-layer context states, and the caption masks for captions up to `max_length` tokens."""
+        ctx, valid = self.embed_context(batch)                     # (B, Lc, H), (B, Lc)
+        B, Lc, H = ctx.shape
+        T = max_length
+        full = self.attention_mask(T, valid).to(ctx.dtype)         # (B, 1, T+Lc, T+Lc), the model's own rules
+        mask_ctx = full[:, :, T:, T:].contiguous()                 # (B, 1, Lc, Lc) context -> context
+        ks, vs = [], []
+        x = ctx
+        for layer in self.encoder.layer:
+            sa = layer.attention.self
+            q, k, v = (_heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))   # (B, h, Lc, d)
+            ks.append(k)
+            vs.append(v)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_ctx, scale=sa.scaling)
+            x = _ffn(layer, a.transpose(1, 2).reshape(B, Lc, H), x)
+        return ContextCache(k=ks, v=vs, hidden=x, valid=valid,
+                            mask_cap_cap=full[:, :, :T, :T].contiguous(),   # (B, 1, T, T) caption -> caption
+                            mask_cap_ctx=full[:, :, :T, T:].contiguous())   # (B, 1, T, Lc) caption -> context
+
+    @torch.no_grad()
+    def caption_step(self, cache: "ContextCache", kv: "CaptionKV", tokens: Tensor, parent: Tensor | None) -> Tensor:
+        """Logits (N, V) at the [MASK] slot of `tokens` (N, t+1) = B clips x `kv.beams` rows, ending with [MASK];
+        `parent` (N,): the row each came from last step (beam search reorders the cached caption keys/values).
+        A clip's context keys/values are shared by its beams."""
+        N, L = tokens.shape
+        B, K = cache.hidden.shape[0], kv.beams
+        done = kv.length
+        if parent is not None and done:
+            kv.reorder(parent)
+        x = self.embed_caption(tokens[:, done:], position_offset=done)     # newest real token(s) + [MASK]: (N, n, H)
+        n, H = x.shape[1], x.shape[-1]
+        m_cap = cache.mask_cap_cap[:, :, done:L, :L][:, None]              # (B, 1, 1, n, L)
+        m_ctx = cache.mask_cap_ctx[:, :, done:L][:, None]                  # (B, 1, 1, n, Lc)
+        for i, layer in enumerate(self.encoder.layer):
+            sa = layer.attention.self
+            q, k, v = (_heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))   # (N, h, n, d)
+            k_all, v_all = kv.extend(i, k, v)                               # (N, h, L, d)
+            h, d = q.shape[1], q.shape[3]
+            qb = q.view(B, K, h, n, d)
+            s_cap = (qb @ k_all.view(B, K, h, L, d).transpose(-1, -2)) * sa.scaling + m_cap     # (B, K, h, n, L)
+            q_shared = qb.permute(0, 2, 1, 3, 4).reshape(B, h, K * n, d)
+            s_ctx = (q_shared @ cache.k[i].transpose(-1, -2)) * sa.scaling                      # (B, h, K*n, Lc)
+            s_ctx = s_ctx.view(B, h, K, n, -1).permute(0, 2, 1, 3, 4) + m_ctx                  # (B, K, h, n, Lc)
+            p = torch.softmax(torch.cat([s_cap, s_ctx], dim=-1), dim=-1)
+            a = p[..., :L] @ v_all.view(B, K, h, L, d)                                          # (B, K, h, n, d)
+            a_ctx = p[..., L:].permute(0, 2, 1, 3, 4).reshape(B, h, K * n, -1) @ cache.v[i]    # (B, h, K*n, d)
+            a = a + a_ctx.view(B, h, K, n, d).permute(0, 2, 1, 3, 4)
+            x = _ffn(layer, a.reshape(N, h, n, d).transpose(1, 2).reshape(N, n, H), x)
+        kv.drop_mask_slot()
+        return self.mlm_logits(x[:, -1])
+
+    @torch.no_grad()
+    def emotion_from_cache(self, cache: "ContextCache", captions: list[list[int]]) -> Tensor | None:
+        """(B, E) emotion logits from the cached context pass, as `emotion_for_captions` computes them without
+        a second context pass: with the class tokens joined to the caption (Eq. 6) only [CLS] caption [SEP]
+        and the class tokens run through the layers, against the cached context keys/values; otherwise the
+        emotion reads the cached last-layer context states."""
+        if self.emotion_head is None:
+            return None
+        if not self.num_sentence_tokens:
+            return self.emotion_logits(cache.hidden)
+        ids = self.caption_ids(captions, self.bert_config.max_position_embeddings)         # (B, Lt)
+        B, Lt = ids.shape
+        E, Lc = self.num_sentence_tokens, cache.hidden.shape[1]
+        cap = self.embed_caption(ids)
+        x = torch.cat([cap, self.class_tokens[None].expand(B, -1, -1).to(cap.dtype)], dim=1)   # (B, Lt+E, H)
+        full = self.attention_mask(Lt, cache.valid, cap_valid=ids != self.pad_id, n_sentence=E, dtype=x.dtype)
+        rows = torch.cat([torch.arange(Lt), torch.arange(Lt + Lc, Lt + Lc + E)]).to(x.device)
+        cols = torch.cat([rows, torch.arange(Lt, Lt + Lc, device=x.device)])           # [caption; class; context]
+        mask = full[:, :, rows][:, :, :, cols]                                              # (B, 1, Lt+E, Lt+E+Lc)
+        for i, layer in enumerate(self.encoder.layer):
+            sa = layer.attention.self
+            q, k, v = (_heads(lin(x), sa) for lin in (sa.query, sa.key, sa.value))
+            a = F.scaled_dot_product_attention(q, torch.cat([k, cache.k[i]], dim=2), torch.cat([v, cache.v[i]], dim=2),
+                                               attn_mask=mask, scale=sa.scaling)            # (B, h, Lt+E, d)
+            x = _ffn(layer, a.transpose(1, 2).reshape(B, Lt + E, -1), x)
+        return self.emotion_logits(cache.hidden, x[:, Lt:])
+
     def forward(self, batch: dict, input_ids: Tensor, mlm_labels: Tensor | None = None) -> dict:
         """Training forward. `input_ids` (B, Lt) already MLM-masked, `mlm_labels` (B, Lt) with -100 where not
         predicted. Returns:
-          mlm_logits (N, V) at the predicted positions, mlm_targets (N,),
+          mlm_logits (N, V) at the predicted positions, mlm_targets (N,) (positions from batch["mlm_index"],
+          the flat (B*Lt) indices the collate computed on the host, when given),
           emotion_logits (B, E) or None, er_state (B, H) / class_states (B, E, H) (last layer) or None,
           au_prompts (B, K, H) or None (the prompts as fed, before the encoder),
           word_prompts (B, Lt, H) word vectors of the caption as fed (word_ids: those ids), word_valid (B, Lt) bool (real words,
@@ -424,9 +516,11 @@ class ECPA(nn.Module):
         cap_h, ctx_h, ctx_emb = h["cap"], h["ctx"], h["ctx_emb"]
         out: dict = {}
         if mlm_labels is not None:
-            sel = mlm_labels != -100
-            out["mlm_logits"] = self.mlm_logits(cap_h[sel])
-            out["mlm_targets"] = mlm_labels[sel]
+            idx = batch.get("mlm_index")
+            if idx is None:   # counted on the device: a host sync (the training loader gives mlm_index)
+                idx = (mlm_labels != -100).flatten().nonzero().squeeze(1)
+            out["mlm_logits"] = self.mlm_logits(cap_h.flatten(0, 1).index_select(0, idx))      # (N, V)
+            out["mlm_targets"] = mlm_labels.flatten().index_select(0, idx)                     # (N,)
         out["emotion_logits"] = self.emotion_logits(ctx_h, h["sent"])
         out["er_state"], out["class_states"] = self.prompt_states(ctx_h, h["sent"])
         sl = self.prompt_slices(ctx_emb.shape[1] - self.num_prompts)
@@ -436,6 +530,80 @@ class ECPA(nn.Module):
         out["word_valid"] = (input_ids != self.cls_id) & (input_ids != self.sep_id) & (input_ids != self.pad_id)
         out["sparse_l1"] = self.sparse_l1()
         return out
+
+
+BIAS_ALIGN = 16
+"""Elements the rows of an attention bias are aligned to: CUDA's fused (memory-efficient / cuDNN) SDPA kernels
+read a bias whose row stride is a multiple of 16 bytes in place, and copy (pad) any other bias at every call."""
+
+
+def aligned_bias(mask: Tensor, always: bool = False) -> Tensor:
+    """The additive mask (B, 1, L, L) as a view whose rows start on `BIAS_ALIGN`-element boundaries (storage
+    (B, 1, L, ceil(L / 16) * 16)), so a fused attention kernel on the GPU takes it (and its gradient, for the
+    learned sparse mask) without a padded copy in every layer, forward and backward. Same values; the head
+    axis stays 1 (broadcast, never materialised). Only on CUDA (or with `always`, for the CPU test): elsewhere
+    the mask is returned as it is."""
+    L = mask.shape[-1]
+    if not (always or mask.device.type == "cuda") or L % BIAS_ALIGN == 0:
+        return mask
+    Lp = -(-L // BIAS_ALIGN) * BIAS_ALIGN
+    out = mask.new_empty(*mask.shape[:-1], Lp)[..., :L]
+    return out.copy_(mask)
+
+
+def _heads(t: Tensor, sa) -> Tensor:
+    """(N, L, H) -> (N, heads, L, d) for a BertSelfAttention `sa`."""
+    N, L, _ = t.shape
+    return t.view(N, L, sa.num_attention_heads, sa.attention_head_size).transpose(1, 2)
+
+
+def _ffn(layer, attn: Tensor, x: Tensor) -> Tensor:
+    """BertLayer after the attention core: output projection + LN(residual), feed-forward + LN(residual)."""
+    h = layer.attention.output(attn, x)
+    return layer.output(layer.intermediate(h), h)
+
+
+@dataclass
+class ContextCache:
+    """What one context pass leaves for decoding (`ECPA.context_cache`): per-layer context keys/values
+    (B, heads, Lc, d), the last-layer context states (B, Lc, H), the context's valid mask (B, Lc), and the
+    additive caption -> caption (B, 1, T, T) and caption -> context (B, 1, T, Lc) masks."""
+    k: list[Tensor]
+    v: list[Tensor]
+    hidden: Tensor
+    valid: Tensor
+    mask_cap_cap: Tensor
+    mask_cap_ctx: Tensor
+
+
+class CaptionKV:
+    """The caption keys/values cached so far, per layer (N, heads, t, d), N = clips x `beams` rows."""
+
+    def __init__(self, layers: int, beams: int = 1):
+        self.beams = beams
+        self.k: list[Tensor | None] = [None] * layers
+        self.v: list[Tensor | None] = [None] * layers
+
+    @property
+    def length(self) -> int:
+        """Caption positions cached (real tokens only)."""
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def reorder(self, parent: Tensor) -> None:
+        self.k = [k.index_select(0, parent) for k in self.k]
+        self.v = [v.index_select(0, parent) for v in self.v]
+
+    def extend(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Layer i's cached keys/values followed by this step's: (N, heads, t + n, d) each."""
+        if self.k[i] is not None:
+            k, v = torch.cat([self.k[i], k], dim=2), torch.cat([self.v[i], v], dim=2)
+        self.k[i], self.v[i] = k, v
+        return k, v
+
+    def drop_mask_slot(self) -> None:
+        """Forget the [MASK] slot's keys/values: that slot is replaced by the chosen token next step."""
+        self.k = [k[:, :, :-1] for k in self.k]
+        self.v = [v[:, :, :-1] for v in self.v]
 
 
 def build_model(cfg: ModelConfig, tokenizer, *, num_emotions: int, shapes, emotion_readout: str = "head") -> ECPA:
@@ -452,4 +620,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["ECPA", "build_model", "count_parameters", "NEG", "SPARSE_MASKS", "SENTENCE_PROMPTS"]
+__all__ = ["ECPA", "ContextCache", "CaptionKV", "build_model", "count_parameters", "NEG", "SPARSE_MASKS", "SENTENCE_PROMPTS"]

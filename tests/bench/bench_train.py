@@ -1,68 +1,126 @@
 """Training steps/s on cached tensors vs the end-to-end way (decode the clips and run the frozen Video Swin
 inside the loop), same model, same batches, same run; `--mafw-shapes`: the paper-sized step (784 x 1024 video
-tokens, 12 layers x 768, batch 32 by default) with steps/s and peak memory.
+tokens, 12 layers x 768) with steps/s, peak memory and utilisation.
+
+Utilisation = achieved FLOP/s of the training step (FLOPs counted by torch.utils.flop_counter on the warm-up
+step, times the median steps/s over the timed steps) over this machine's dense matmul FLOP/s in the step's
+compute dtype, measured in the same process. The MLM masking is done before the clock starts, as the training
+loader's workers do it (`MaskedPairs`), so the step timed is the step `pipeline.train.loop` runs.
 
     .venv/bin/python -m tests.bench.bench_train [--steps 6] [--clips 24]
-    .venv/bin/python -m tests.bench.bench_train --mafw-shapes [--batch 32] [--steps 2]
+    .venv/bin/python -m tests.bench.bench_train --mafw-shapes [--batch 4] [--steps 2] [--grad-checkpoint]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import statistics
 import tempfile
 import time
 
 import numpy as np
 import torch
 
+UTILISATION_TARGET = 0.65
+"""Issue 16: achieved / matmul FLOP/s at MAFW shapes, batch >= 4, on this CPU with 1 thread."""
 
-def _step(model, opt, batch, tok, tcfg, device):
-    from pipeline.train.losses import compute_losses, fixed_weights, mask_tokens, total_loss
 
-    ids, labels = mask_tokens(batch["input_ids"], pad_id=tok.pad_id, special_ids=tok.special_ids, mask_id=tok.mask_id,
-                              vocab_size=tok.vocab_size, generator=torch.Generator().manual_seed(0))
-    batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    out = model(batch, ids.to(device), labels.to(device))
-    weights = {k: 1.0 for k in fixed_weights(tcfg)}
-    loss = total_loss(compute_losses(out, batch, tcfg, model), weights, tcfg.lambda_sparse)
-    opt.zero_grad()
+def prepare(batch: dict, tok, seed: int = 0) -> dict:
+    """The batch as the training loader gives it: MLM-masked per pair (`MaskedPairs`' masking), masked_ids,
+    mlm_labels and mlm_index added by the collate."""
+    from pipeline.train.data import _pad_rows
+    from pipeline.train.losses import mask_tokens
+
+    rows, labels = [], []
+    for i, row in enumerate(batch["input_ids"]):
+        row = row[row != tok.pad_id] if (row == tok.pad_id).any() else row
+        ids, lab = mask_tokens(row[None], pad_id=tok.pad_id, special_ids=frozenset(tok.special_ids),
+                               mask_id=tok.mask_id, vocab_size=tok.vocab_size,
+                               generator=torch.Generator().manual_seed(seed * 1000 + i))
+        rows.append(ids[0])
+        labels.append(lab[0])
+    L = batch["input_ids"].shape[1]
+    out = dict(batch, masked_ids=_pad_rows(rows, L, tok.pad_id), mlm_labels=_pad_rows(labels, L, -100))
+    out["mlm_index"] = (out["mlm_labels"] != -100).flatten().nonzero().squeeze(1)
+    return out
+
+
+def _step(model, opt, batch, tcfg, device) -> None:
+    """One training step as `pipeline.train.loop._train_step` runs it (fixed unit weights)."""
+    from pipeline.train.losses import compute_losses, task_losses, total_loss
+
+    batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
+    out = model(batch, batch["masked_ids"], batch["mlm_labels"])
+    loss = total_loss(compute_losses(out, batch, tcfg, model), {k: 1.0 for k in task_losses(tcfg)},
+                      tcfg.lambda_sparse)
+    opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def matmul_flops_per_s(device, n: int = 2048, repeats: int = 5) -> float:
-    """This machine's dense fp32 matmul rate (bf16 on CUDA), n x n, best of `repeats`: the utilisation
-    denominator, measured in the same process as the figure it divides."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_steps(model, opt, batches: list[dict], tcfg, device, amp) -> tuple[list[float], float]:
+    """(seconds of each step over `batches`, peak memory in GiB after them). The first step also allocates the
+    optimiser state: the median over the steps is the figure."""
+    times = []
+    for b in batches:
+        with amp:
+            _sync(device)
+            t = time.perf_counter()
+            _step(model, opt, b, tcfg, device)
+            _sync(device)
+        times.append(time.perf_counter() - t)
+    return times, _peak_gib(device)
+
+
+def count_flops(model, opt, batch: dict, tcfg, device, amp) -> int:
+    """FLOPs of one training step (forward, backward, update) counted by torch.utils.flop_counter. Run after the
+    memory is read: under FlopCounterMode gradient checkpointing's savings do not show (the peak grows)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with amp, counter:
+        _step(model, opt, batch, tcfg, device)
+    return int(counter.get_total_flops())
+
+
+def matmul_flops_per_s(device, dtype: torch.dtype | None = None, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's dense matmul rate in `dtype` (default fp32 on CPU, bf16 on CUDA), n x n, best of
+    `repeats`: the utilisation denominator, measured in the same process as the figure it divides."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         t = time.perf_counter()
         a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best
 
 
-def step_flops(model, opt, batch, tok, tcfg, device) -> int:
-    """FLOPs of one training step (forward + backward) counted by torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with counter:
-        _step(model, opt, batch, tok, tcfg, device)
-    return int(counter.get_total_flops())
-
-
-def _peak_mem(device) -> str:
+def _peak_gib(device) -> float:
     if device.type == "cuda":
-        return f"CUDA max allocated {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
-    return f"CPU peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def utilisation(flops: int, times: list[float], peak: float) -> dict:
+    """Median steps/s over `times` and what it achieves against the matmul rate `peak`."""
+    rate = 1.0 / statistics.median(times)
+    return {"steps_per_s": rate, "step_s": [round(t, 3) for t in times], "flops_per_step": flops,
+            "achieved_flops_per_s": flops * rate, "matmul_flops_per_s": peak, "utilisation": flops * rate / peak}
 
 
 def cached_vs_e2e(steps: int, clips: int) -> dict:
@@ -73,13 +131,13 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
     from pipeline.train.tokenizer import train_wordpiece
     from pipeline.train.data import CaptionPairs, FeatureSource, collate, match_clips, open_checked_store
     from pipeline.extract.video import decode_clip
-    from stages import extract
-    from stages.plan import plan
+    from pipeline.extract import stage as extract
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     root = tempfile.mkdtemp(prefix="bench_train_")
     cfg = load_config("demo", [f"data.root={root}/data", f"data.cache_root={root}/cache", f"data.demo_clips={clips}",
                                "extract.workers=0", "extract.random_init=true"])
-    extract.run(cfg, progress=False)
+    extract.run(cfg)
     store = plan(cfg, upto="extract")["extract"].out_dir / "store.zarr"
     manifest = read_manifest(cfg.manifest_path)
     g, shapes = open_checked_store(store)
@@ -91,15 +149,15 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ds = CaptionPairs(refs, FeatureSource(store, [r.row for r in refs], True), tok, cfg.model.max_caption_len)
     bs = cfg.train.batch_size
-    batches = [collate([ds[(i * bs + j) % len(ds)] for j in range(bs)], tok.pad_id) for i in range(steps + 1)]
+    batches = [prepare(collate([ds[(i * bs + j) % len(ds)] for j in range(bs)], tok.pad_id), tok, seed=i)
+               for i in range(steps + 1)]
     video_of = {c.id: c.video for c in manifest}
     ex = build_extractors(cfg.extract, len(cfg.data.emotions), device, seed=0)
 
-    _step(model, opt, batches[0], tok, cfg.train, device)       # warm-up
-    t = time.perf_counter()
-    for b in batches[1:]:
-        _step(model, opt, b, tok, cfg.train, device)
-    cached = steps / (time.perf_counter() - t)
+    amp = torch.autocast("cpu", enabled=False)
+    times, _ = timed_steps(model, opt, batches[1:], cfg.train, device, amp)
+    util = utilisation(count_flops(model, opt, batches[0], cfg.train, device, amp), times, matmul_flops_per_s(device))
+    cached = steps / sum(times)
 
     t = time.perf_counter()
     for b in batches[1:]:
@@ -107,15 +165,40 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
                   for cid in b["clip_id"]]
         clip = torch.from_numpy(np.stack(frames)).permute(0, 4, 1, 2, 3).float() / 255.0   # (B, 3, T, H, W)
         b = dict(b, vid=ex.video(clip).half())
-        _step(model, opt, b, tok, cfg.train, device)
+        _step(model, opt, b, cfg.train, device)
     e2e = steps / (time.perf_counter() - t)
     res = {"cached_steps_per_s": cached, "e2e_steps_per_s": e2e, "speedup": cached / e2e, "batch": bs,
-           "video_tokens": shapes.tokens, "preset": "demo"}
-    print(f"demo preset, batch {bs}, {shapes.tokens} video tokens, CPU x{torch.get_num_threads()} threads")
+           "video_tokens": shapes.tokens, "preset": "demo", "load_avg_1m": _load(), **util}
+    print(f"demo preset, batch {bs}, {shapes.tokens} video tokens, CPU x{torch.get_num_threads()} threads "
+          f"(load average {res['load_avg_1m']})")
     print(f"  cached tensors        : {cached:.2f} steps/s")
     print(f"  decode + Video Swin   : {e2e:.2f} steps/s  (frozen Swin inside the loop)")
     print(f"  ratio cached / e2e    : {cached / e2e:.1f}x")
+    _print_util(util)
     return res
+
+
+def _print_util(u: dict) -> None:
+    print(f"  {u['flops_per_step'] / 1e9:.1f} GFLOP per step, median {1 / u['steps_per_s']:.2f} s/step -> "
+          f"{u['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s vs {u['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s matmul: "
+          f"utilisation {100 * u['utilisation']:.0f}%")
+
+
+def projected_gpu_gib_per_clip(cfg, tokens: int, caption: int = 50, masked: int = 25, vocab: int = 30522) -> float:
+    """Activation memory per clip of a bf16 GPU step with train.grad_checkpoint and the fused (memory-
+    efficient) attention kernel, counted from the shapes (a projection, not a measurement): each layer's fp32
+    input kept for the recompute; one layer's bf16 activations alive during its recompute (q, k, v, attention
+    output, two dense outputs, the FFN's intermediate before and after GELU, LayerNorm statistics); the
+    attention's fp32 log-sum-exp; the gradient of the learned bias (heads x L x L bf16) that the kernel writes
+    for the sparse mask; the MLM logits of the masked tokens (fp32, with their gradient)."""
+    m = cfg.model
+    L = caption + tokens + 1 + m.top_k + 11
+    H, inter, layers, heads = m.hidden, m.intermediate, m.layers, m.heads
+    kept = layers * L * H * 4
+    one_layer = (6 * L * H + 2 * L * inter) * 2 + heads * L * 4
+    bias_grad = heads * L * L * 2 if m.sparse_attention else 0
+    mlm = 2 * masked * vocab * 4
+    return (kept + one_layer + bias_grad + mlm) / 2**30
 
 
 def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
@@ -128,46 +211,41 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
     model = ECPA(cfg.model, vocab_size=30522, cls_id=101, sep_id=102, mask_id=103, pad_id=0, num_emotions=11,
                  video_tokens=784, video_channels=1024).to(device).train()
     model.grad_checkpoint = grad_checkpoint
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     class Tok:
         special_ids, mask_id, vocab_size, pad_id = frozenset({0, 100, 101, 102, 103}), 103, 30522, 0
 
     B = batch
-    ids = torch.randint(1000, 30000, (B, 50))
-    ids[:, 0], ids[:, -1] = 101, 102
-    b = {"vid": torch.randn(B, 784, 1024).half(), "er": torch.randn(B, 32, 2048).half(),
-         "au_feats": torch.randn(B, 8, 41, 512).half(), "au_probs": torch.rand(B, 8, 41),
-         "emotion": torch.randint(0, 11, (B,)), "input_ids": ids}
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    with amp:
-        _step(model, opt, b, Tok, cfg.train, device)            # warm-up
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(steps):
-            _step(model, opt, b, Tok, cfg.train, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    rate = steps / (time.perf_counter() - t)
-    mem = _peak_mem(device)
-    with amp:
-        flops = step_flops(model, opt, b, Tok, cfg.train, device)
-    peak = matmul_flops_per_s(device)
-    util = flops * rate / peak
-    print(f"MAFW shapes: 784x1024 video tokens, 12 layers x 768, batch {B}, {device}, grad checkpointing "
-          f"{'on' if grad_checkpoint else 'off'}: {rate:.3f} steps/s, {mem}")
-    print(f"  {flops / 1e9:.0f} GFLOP per step ({flops / B / 1e9:.0f} per clip) -> {flops * rate / 1e9:.1f} GFLOP/s "
-          f"achieved vs {peak / 1e9:.1f} GFLOP/s matmul peak: utilisation {100 * util:.0f}%")
-    return {"steps_per_s": rate, "peak_memory": mem, "batch": B, "device": str(device), "flops_per_step": flops,
-            "matmul_flops_per_s": peak, "utilisation": util, "grad_checkpoint": grad_checkpoint}
+    batches = []   # batches[0] is counted (flop_counter) after the timed steps over the others
+    for s in range(steps + 1):
+        g = torch.Generator().manual_seed(s)
+        ids = torch.randint(1000, 30000, (B, 50), generator=g)
+        ids[:, 0], ids[:, -1] = 101, 102
+        batches.append(prepare({
+            "vid": torch.randn(B, 784, 1024, generator=g).half(), "er": torch.randn(B, 32, 2048, generator=g).half(),
+            "au_feats": torch.randn(B, 8, 41, 512, generator=g).half(), "au_probs": torch.rand(B, 8, 41, generator=g),
+            "emotion": torch.randint(0, 11, (B,), generator=g), "input_ids": ids}, Tok, seed=s))
+    bf16 = device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+    times, gib = timed_steps(model, opt, batches[1:], cfg.train, device, amp)
+    util = utilisation(count_flops(model, opt, batches[0], cfg.train, device, amp), times, matmul_flops_per_s(device))
+    mem = f"{'CUDA max allocated' if bf16 else 'CPU peak RSS'} {gib:.2f} GiB"
+    res = {"peak_memory": mem, "peak_gib": gib, "batch": B, "device": str(device), "grad_checkpoint": grad_checkpoint,
+           "dtype": "bf16" if bf16 else "fp32", "load_avg_1m": _load(), "threads": torch.get_num_threads(),
+           "projected_gpu_gib_per_clip": projected_gpu_gib_per_clip(cfg, 784), **util}
+    print(f"MAFW shapes: 784x1024 video tokens, 12 layers x 768, batch {B}, {device} x{res['threads']}, grad "
+          f"checkpointing {'on' if grad_checkpoint else 'off'}: {util['steps_per_s']:.3f} steps/s (median of "
+          f"{len(times)}), {mem} (load average {res['load_avg_1m']})")
+    _print_util(util)
+    return res
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--clips", type=int, default=24)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--mafw-shapes", action="store_true")
     ap.add_argument("--grad-checkpoint", action="store_true", help="train.grad_checkpoint on (MAFW shapes)")
     a = ap.parse_args(argv)

@@ -69,9 +69,9 @@ def test_results_files_carry_machine_date_and_holds(tmp_path):
 
 def test_missing_key_becomes_an_error_row_naming_it():
     spec = next(s for s in bench.SPECS if s.name == "decode")
-    rows = bench.rows_for(spec, {"cached_s": 1.0, "clips": 1}, None)
+    rows = bench.rows_for(spec, {"cached_captions_per_s": 1.0, "one_by_one_captions_per_s": 1.0, "clips": 1}, None)
     assert len(rows) == 1 and rows[0].holds == "error"
-    assert "uncached_s" in rows[0].error
+    assert "uncached_captions_per_s" in rows[0].error
 
 
 def test_failed_benchmark_becomes_an_error_row():
@@ -157,16 +157,24 @@ def test_store_rows_compare_shipped_store_with_npy_and_hdf5():
         bench.rows_store({**r, "layouts": {k: v for k, v in lay.items() if k != "hdf5"}})
 
 
-def test_train_mafw_peak_memory_parsed_from_text():
-    rows = bench.rows_train_mafw({"steps_per_s": 0.01, "peak_memory": "CPU peak RSS 6.72 GiB", "batch": 1,
-                                  "device": "cpu"})
-    assert rows[0].figure == pytest.approx(6.72) and rows[0].unit == "GiB"
-    assert "batch 32 does not fit" in rows[0].detail
+def test_train_mafw_peak_memory_parsed_from_text_and_utilisation_target_from_batch_4():
+    r = {"steps_per_s": 0.01, "peak_memory": "CPU peak RSS 6.72 GiB", "batch": 1, "device": "cpu",
+         "flops_per_step": 600e9, "matmul_flops_per_s": 80e9, "step_s": [100.0], "load_avg_1m": 1.5, "utilisation": 0.075}
+    rows = bench.rows_train_mafw(r)
+    assert rows[0].figure == pytest.approx(6.72) and rows[0].unit == "GiB" and "load average 1.5" in rows[0].detail
+    assert rows[2].ratio == pytest.approx(6 / 80) and rows[2].holds == "n/a"        # batch 1: reported only
+    b4 = bench.rows_train_mafw({**r, "batch": 4, "steps_per_s": 0.1})[2]            # 60 of 80 GFLOP/s: 75%
+    assert b4.ratio == pytest.approx(0.75) and b4.holds == "yes"
+    assert bench.rows_train_mafw({**r, "batch": 4, "steps_per_s": 0.08})[2].holds == "no"   # 60%
 
 
-def test_batch32_memory_estimate_is_linear_in_the_batch():
-    a = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 4.50 GiB", "batch": 1}
-    b = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 6.50 GiB", "batch": 2}
-    rows = bench.derived_rows({"train_mafw": a, "train_mafw_b2": b})
-    assert len(rows) == 1 and rows[0].figure == pytest.approx(4.5 + 2.0 * 31)
+def test_memory_per_clip_is_the_slope_between_two_batches():
+    a = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 4.50 GiB", "batch": 1, "grad_checkpoint": True}
+    b = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 6.00 GiB", "batch": 4, "grad_checkpoint": True,
+         "projected_gpu_gib_per_clip": 0.1}
+    rows = bench.derived_rows({"train_mafw": a, "train_mafw_b4": b})
+    assert rows[0].figure == pytest.approx(0.5) and rows[0].holds == "yes"           # <= 0.6 GiB per clip
+    assert "batch 32 estimated at 20.0 GiB" in rows[0].detail                       # 4.5 + 0.5 * 31
+    assert rows[1].figure == pytest.approx(0.1) and rows[1].holds == "n/a"
+    assert bench.derived_rows({"train_mafw": a, "train_mafw_b4": {**b, "peak_memory": "CPU peak RSS 9.0 GiB"}})[0].holds == "no"
     assert bench.derived_rows({"train_mafw": a}) == []      # one point: no estimate, no invented number

@@ -246,3 +246,30 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     assert l0 == pytest.approx(l1, abs=1e-6) and g0.keys() == g1.keys()
     for n in g0:
         torch.testing.assert_close(g0[n], g1[n], atol=1e-5, rtol=1e-4)
+
+
+def test_aligned_bias_same_values_and_gradients_under_bf16():
+    """The CUDA path's row-aligned attention bias (`aligned_bias`), run on CPU under bf16 autocast: aligned
+    row stride, the same attention output, the same gradient into the learned sparse mask."""
+    from pipeline.train.model import BIAS_ALIGN, aligned_bias
+
+    m = tiny(sparse_mask="logsigmoid")   # swinbert's (1 - M) * -1e4 saturates: no gradient left to compare
+    Lt, Lc = 5, V + m.num_prompts
+    w = torch.randn(2, 2, Lt + Lc + E, 16, generator=torch.Generator().manual_seed(1))
+    outs = []
+    for aligned in (False, True):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mask = m.attention_mask(Lt, torch.ones(2, Lc, dtype=torch.bool), n_sentence=E, dtype=torch.bfloat16)
+            if aligned:
+                mask = aligned_bias(mask, always=True)
+                assert mask.stride(-2) % BIAS_ALIGN == 0 and mask.shape[1] == 1
+            L = mask.shape[-1]
+            q = torch.randn(2, 2, L, 16, generator=torch.Generator().manual_seed(0)).bfloat16()
+            a = torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+        (a.float() * w).sum().backward()
+        outs.append((a.float(), m.sparse_logits.grad.clone()))
+    assert outs[0][0].dtype == torch.float32 and L % BIAS_ALIGN != 0
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    assert outs[0][1].abs().sum() > 0      # the sparse mask does learn through the bias
