@@ -591,9 +591,12 @@ def _end_of_epoch(run: _Run, epoch: int, means: dict, weights: dict, lr: float, 
 
 def _summary(run: _Run) -> dict:
     times, tc = run.epoch_times, run.cfg.train
-    if run.is_main and times:  # the plot is redrawn at the end of every (resumed) run: matplotlib is slow
+    finished = run.start_epoch + len(times) == tc.epochs
+    # the plot is redrawn at the end of every (resumed) run; a run killed after its last epoch's checkpoint
+    # but before finishing has no epoch left to run, yet still needs its plot and its slim last.pt
+    if run.is_main and (times or (finished and not (run.run_dir / PLOT_FILE).is_file())):
         plot_metrics(read_metrics(run.run_dir), run.run_dir / PLOT_FILE)
-    if run.is_main and times and run.start_epoch + len(times) == tc.epochs:
+    if run.is_main and finished:
         _finish_checkpoints(run.run_dir, run.best.get("epoch"), tc.epochs - 1)
     return {
         "epochs_run": len(times), "start_epoch": run.start_epoch, "steps_per_epoch": run.steps_per_epoch,

@@ -48,6 +48,23 @@ def test_resume_gives_identical_weights(tmp_path):
     assert torch.equal(model.state_dict()["video_proj.0.weight"], a["video_proj.0.weight"]) and info["epoch"] == 1
 
 
+def test_a_run_killed_after_its_last_checkpoint_is_finished_on_resume(tmp_path, monkeypatch):
+    """Killed between the last epoch's checkpoint and the end of training: nothing is left to run, but the resume
+    must still drop the optimiser state from last.pt (and draw the plot), as an uninterrupted run does."""
+    clips = random_store(tmp_path / "s.zarr", n=8, n_val=0)
+    cfg = tiny_cfg("train.epochs=1")
+    with monkeypatch.context() as m:   # the kill: training ends before finishing its checkpoints
+        m.setattr(training, "_finish_checkpoints", lambda *a, **k: None)
+        m.setattr(training, "plot_metrics", lambda *a, **k: None)
+        training.train(cfg, store_path=tmp_path / "s.zarr", clips=clips, run_dir=tmp_path / "r", progress=False)
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    assert "optimizer" in torch.load(last, map_location="cpu", weights_only=False)
+    resumed = training.train(cfg, store_path=tmp_path / "s.zarr", clips=clips, run_dir=tmp_path / "r", progress=False)
+    assert resumed["start_epoch"] == 1 and resumed["epochs_run"] == 0
+    assert "optimizer" not in torch.load(last, map_location="cpu", weights_only=False)
+    assert (tmp_path / "r" / "loss_curves.png").stat().st_size > 1000
+
+
 def _ddp_worker(rank: int, world: int, port: int, root: str, clips) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
