@@ -286,7 +286,7 @@ def _task(i: int, clip):
 
 def in_loop(clips: int, batch: int, steps: int, rounds: int) -> dict:
     from pipeline.extract.runner import decode_workers
-    from tests.bench.bench_train import _step   # the same training step as bench_train's cached rows
+    from tests.bench.bench_train import _step, prepare   # the same training step as bench_train's cached rows
 
     with tempfile.TemporaryDirectory(prefix="bench_inloop_") as tmp:
         cfg, ext, store, shapes, refs, tok, model, video_of = in_loop_setup(Path(tmp), clips)
@@ -301,7 +301,7 @@ def in_loop(clips: int, batch: int, steps: int, rounds: int) -> dict:
         raw = DataLoader(raw_ds, batch_size=batch, sampler=many(len(raw_ds)), collate_fn=list, num_workers=workers,
                          persistent_workers=False, prefetch_factor=2)
         warm = {"cached": 2 * max(plan.num_workers, 1) + 2, "in_loop": 2 * workers + 2}
-        step = lambda b: _step(model, opt, b, tok, cfg.train, torch.device("cpu"))   # noqa: E731
+        step = lambda b: _step(model, opt, prepare(b, tok), cfg.train, torch.device("cpu"))   # noqa: E731
         sides = {"cached": (cached, lambda b: b), "in_loop": (raw, lambda items: _in_loop_batch(items, ext, cfg.extract,
                                                                                                    tok.pad_id))}
         rates: dict[str, list[float]] = {"cached": [], "in_loop": []}

@@ -20,6 +20,7 @@ Prints one `GPU_CHECK key=value ...` line per figure (and writes them to DIR/gpu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import resource
@@ -142,7 +143,7 @@ def check_train(shapes: Shapes, device: torch.device, batch: int, steps: int, ma
     """Steps/s, peak memory, FLOPs per step and utilisation of the stage-two step (bench_train's step)."""
     from pipeline.config import load_config
     from pipeline.train.model import ECPA
-    from tests.bench.bench_train import _step, step_flops
+    from tests.bench.bench_train import _step, count_flops, prepare
 
     cfg = load_config("mafw", list(shapes.model_sets))
     torch.manual_seed(0)
@@ -160,19 +161,20 @@ def check_train(shapes: Shapes, device: torch.device, batch: int, steps: int, ma
          "au_feats": torch.randn(batch, shapes.au_frames, 41, 512).half(),
          "au_probs": torch.rand(batch, shapes.au_frames, 41), "emotion": torch.randint(0, 11, (batch,)),
          "input_ids": ids}
+    b = prepare(b, Tok)                                            # MLM-masked as the training loader does
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else torch.autocast("cpu", enabled=False))
     with amp:
-        _step(model, opt, b, Tok, cfg.train, device)              # warm-up (allocations, kernel choice)
+        _step(model, opt, b, cfg.train, device)              # warm-up (allocations, kernel choice)
         sync(device)
         reset_peak(device)
         t = time.perf_counter()
         for _ in range(steps):
-            _step(model, opt, b, Tok, cfg.train, device)
+            _step(model, opt, b, cfg.train, device)
         sync(device)
         rate = steps / (time.perf_counter() - t)
         mem = peak_gib(device)
-        flops = step_flops(model, opt, b, Tok, cfg.train, device)
+        flops = count_flops(model, opt, b, cfg.train, device, contextlib.nullcontext())
     return say("train", steps_per_s=rate, batch=batch, dtype="bf16" if device.type == "cuda" else "fp32",
                peak_mem_gib=mem, gflop_per_step=flops / 1e9, achieved_tflops=flops * rate / 1e12,
                utilisation=flops * rate / matmul)

@@ -12,7 +12,7 @@ from tests.conftest import REPO, TINY_DEMO_SETS
 
 def test_run_to_files_logs_periodic_progress_lines(tmp_path):
     sets = [f"data.root={tmp_path / 'data'}", f"data.cache_root={tmp_path / 'cache'}", *TINY_DEMO_SETS,
-            "extract.log_every=5", "train.log_every=1", "caption.log_every=1", "caption.batch_size=2"]
+            "extract.log_every=5", "extract.batch_size=2", "train.log_every=1", "caption.log_every=1", "caption.batch_size=2"]
     args = [sys.executable, "-m", "stages.cli", "run", "--preset", "demo", "--upto", "caption",
             *sum((["--set", s] for s in sets), [])]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "COLUMNS": "120"}

@@ -38,7 +38,7 @@ def test_keys_equal_a_hand_computed_stage_key(demo_root, tmp_path):
     plans = plan(cfg, inputs)
     ids = lambda splits: [c.id for c in inputs.clips if c.split in splits]  # noqa: E731
     ex = stage_key("extract", "4", specs.extract_slice(cfg, inputs.weights), {"dataset": "demo"})
-    tr = stage_key("train", "3", specs.train_slice(cfg), {
+    tr = stage_key("train", "4", specs.train_slice(cfg), {
         "extract": ex, "manifest": inputs.manifest_hash,
         "videos": fingerprints_hash(inputs.fingerprints, ids(("train", "val")))})
     ca = stage_key("caption", "2", specs.caption_slice(cfg), {
