@@ -275,11 +275,14 @@ def run_chain(
     progress: bool = True,
     echo: Callable[[str], None] | None = _echo_default,
     result: ChainResult | None = None,
+    wait: bool = True,
 ) -> ChainResult:
     """Run the chain for `cfg` up to `upto`, reusing every stage whose key has a complete output.
 
     Prints one line per stage (reused/run and why). `force` names stages to recompute even when
-    fresh. Fills and returns `result` (pass one in to keep what finished when a stage raises)."""
+    fresh. Fills and returns `result` (pass one in to keep what finished when a stage raises).
+    Each stage runs under its output's lock (pipeline.chain.locks): another process computing the same key is
+    waited for and its output reused (`wait=False`: a UserError naming it)."""
     if upto not in STAGES:
         raise UserError(f"--upto {upto!r}: expected one of {', '.join(STAGES)}")
     force = set(force)
@@ -290,49 +293,67 @@ def run_chain(
     result = result if result is not None else ChainResult()
     result.cfg = cfg
     plans = plan(cfg, upto=upto)
-    for name in STAGES[: STAGES.index(upto) + 1]:
-        p = plans[name]
-        why = explain(cfg, p)
-        repair = False
-        if name == "extract" and why.status == "fresh":
-            # what `ecpa status` checks (records, chunk files, done flags; the checksums stay with --verify):
-            # a record alone never makes a damaged store "reused"
-            damage = store_damage(cfg, p)
-            repair = damage is not None
-            why = damage or why
-        where = escape(_rel(p.out_dir, cfg.cache_dir))
-        if why.status == "fresh" and name not in force:
-            result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
-            say(f"[green]{name}: reused[/] ({where})")
-            continue
-        reason = "forced" if why.status == "fresh" else escape(why.text(cfg.cache_dir))
-        say(f"[bold cyan]{name}: run[/] ({reason}{' - doing that now' if repair else ''})")
-        outcome = StageOutcome(name, p.key, p.out_dir, "failed", why)
-        result.outcomes.append(outcome)
-        run = getattr(stage_module(name), "run", None)
-        if run is None:
-            raise UserError(f"stage {name} has no run() yet; it cannot be chained")
-        t0 = time.perf_counter()
-        try:
-            if repair:
-                run(cfg, force=name in force, progress=progress, verify=True)   # recomputes the damaged clips
-            else:
-                run(cfg, force=name in force, progress=progress)
-        finally:
-            outcome.seconds = time.perf_counter() - t0
-        if p.status() != "fresh":
-            raise RuntimeError(
-                f"stages.{name}.run returned but {p.out_dir} holds no complete record for key {short(p.key)} "
-                "(a stage must write its stage.json last, for the key plan() gives)"
-            )
-        outcome.action = "run"
-        say(f"[green]{name}: done[/] in {outcome.seconds:.1f}s ({where})")
+    from pipeline.chain.locks import in_use
+
+    with in_use(cfg.cache_dir, [p.out_dir for p in plans.values()]):   # `ecpa gc` leaves these alone
+        for name in STAGES[: STAGES.index(upto) + 1]:
+            _chain_stage(cfg, plans[name], name in force, say, result, progress, wait)
     if "score" in plans:
         from pipeline.chain.compare import read_scores
 
         result.scores = read_scores(plans["score"].out_dir)
     return result
 
+
+def _chain_stage(cfg: Config, p: StagePlan, forced: bool, say: Callable[[str], None], result: ChainResult,
+                 progress: bool, wait: bool) -> None:
+    """One stage of `run_chain`: reuse it when fresh, else compute it under its output's lock."""
+    from pipeline.chain.locks import hold_stage
+
+    name = p.name
+    why = explain(cfg, p)
+    repair = False
+    if name == "extract" and why.status == "fresh":
+        # what `ecpa status` checks (records, chunk files, done flags; the checksums stay with --verify):
+        # a record alone never makes a damaged store "reused"
+        damage = store_damage(cfg, p)
+        repair = damage is not None
+        why = damage or why
+    where = escape(_rel(p.out_dir, cfg.cache_dir))
+    if why.status == "fresh" and not forced:
+        result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
+        say(f"[green]{name}: reused[/] ({where})")
+        return
+    run = getattr(stage_module(name), "run", None)
+    if run is None:
+        raise UserError(f"stage {name} has no run() yet; it cannot be chained")
+    with hold_stage(p.out_dir, p.key, wait=wait, what=f"{name} output {_rel(p.out_dir, cfg.cache_dir)}",
+                    report=lambda text: say(f"[yellow]{escape(text)}[/]")) as hold:
+        if hold.took_over is not None:
+            say(f"[yellow]{name}: took over the lock of {escape(hold.took_over.text())}, a process that is gone[/]")
+        if hold.waited and not forced and p.status() == "fresh":   # the other process computed it meanwhile
+            result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", Why("fresh", detail=where)))
+            say(f"[green]{name}: reused[/] ({where}, computed by the process waited for)")
+            return
+        reason = "forced" if why.status == "fresh" else escape(why.text(cfg.cache_dir))
+        say(f"[bold cyan]{name}: run[/] ({reason}{' - doing that now' if repair else ''})")
+        outcome = StageOutcome(name, p.key, p.out_dir, "failed", why)
+        result.outcomes.append(outcome)
+        t0 = time.perf_counter()
+        try:
+            if repair:
+                run(cfg, force=forced, progress=progress, verify=True)   # recomputes the damaged clips
+            else:
+                run(cfg, force=forced, progress=progress)
+        finally:
+            outcome.seconds = time.perf_counter() - t0
+    if p.status() != "fresh":
+        raise RuntimeError(
+            f"stages.{name}.run returned but {p.out_dir} holds no complete record for key {short(p.key)} "
+            "(a stage must write its stage.json last, for the key plan() gives)"
+        )
+    outcome.action = "run"
+    say(f"[green]{name}: done[/] in {outcome.seconds:.1f}s ({where})")
 
 def _scores_table(scores: dict[str, float], title: str = "scores") -> Table:
     from pipeline.chain.sweep import metric_order
@@ -386,6 +407,8 @@ ForceOpt = Annotated[
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the stages.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="When another process is computing a stage of this "
+                                       "chain: wait for it and reuse its output (default), or stop at once naming it.")]
 
 
 @user_errors
@@ -396,12 +419,13 @@ def run_command(
     upto: UptoOpt = "score",
     force: ForceOpt = None,
     progress: ProgressOpt = True,
+    wait: WaitOpt = True,
 ) -> None:
     cfg = resolve_config(preset, set, cache)
     result = ChainResult(cfg=cfg)
     t0 = time.perf_counter()
     try:
-        run_chain(cfg, upto=upto, force=force or (), progress=progress, result=result)
+        run_chain(cfg, upto=upto, force=force or (), progress=progress, result=result, wait=wait)
     except BaseException:
         if result.outcomes:
             print_summary(result, failed=True)
