@@ -468,10 +468,13 @@ def status_command(
 ) -> None:
     cfg = resolve_config(preset, set, cache)
     rows = chain_status(cfg, verify=verify)
+    from pipeline.chain.gc import cache_size, human_bytes
+
+    size = cache_size(cfg.cache_dir)
     if json_out:
-        print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "stages": rows}, indent=2))
+        print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "cache_bytes": size, "stages": rows}, indent=2))
         return
-    t = Table(title=f"{cfg.preset}: {cfg.cache_dir}", title_justify="left")
+    t = Table(title=f"{cfg.preset}: {cfg.cache_dir} ({human_bytes(size)} in all)", title_justify="left")
     for col in ("stage", "key", "status", "folder", "why"):
         t.add_column(col, overflow="fold", no_wrap=col in ("stage", "key", "status"))
     from stages.extract import clip_summary_text
