@@ -176,7 +176,7 @@ def run_local(points: list[Point], jobs: int, *, env: dict[str, str] | None = No
 
 
 def run_dask(points: list[Point], address: str, *, env: dict[str, str] | None = None,
-             report: Callable[[str], None] | None = None) -> list[Outcome]:
+             report: Callable[[str], None] | None = None, connect_s: float = 20.0) -> list[Outcome]:
     """Run the unfinished points as tasks on the dask cluster at `address` (see the module doc)."""
     from distributed import Client, as_completed
     from distributed.scheduler import KilledWorker
@@ -185,7 +185,7 @@ def run_dask(points: list[Point], address: str, *, env: dict[str, str] | None = 
 
     tally, todo, say = _start(points, report)
     try:
-        client = Client(address, timeout="20s")
+        client = Client(address, timeout=f"{connect_s}s")
     except OSError as e:
         raise UserError(f"--scheduler {address}: no dask scheduler answers there ({e}); start one with "
                         "`dask scheduler` and workers with `dask worker {address} --resources GPU=1`") from None
