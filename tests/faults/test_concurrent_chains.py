@@ -53,6 +53,14 @@ def outputs(output: str) -> list[str]:
     return re.findall(r"^\s+(?:extract|train|caption|score)\s+(/\S+)$", output, flags=re.M)
 
 
+def holds(child, out_dir) -> bool:
+    """Whether the child process holds the lock of a stage output now."""
+    from pipeline.chain.locks import lock_path, read_holder
+
+    h = read_holder(lock_path(out_dir))
+    return h is not None and h.pid == child.proc.pid
+
+
 def plans(demo, cache, *extra):
     from stages.plan import plan
 
@@ -96,19 +104,18 @@ def test_two_configs_share_one_extraction(fault_demo, tmp_path):
         _rows.append(("two configs, shared extraction", ok, note or "see pytest"))
 
 
+@pytest.mark.slow  # two chains, one trains most of 10 epochs
 def test_killed_holder_is_taken_over(fault_reference, tmp_path):
-    from pipeline.chain.locks import lock_path, read_holder
-
     demo = fault_reference.demo
     cache = demo.work / "concurrent_kill"
     copy_cache(fault_reference.cache_root, cache)      # extraction done: the race is for the training
-    train_dir = plans(demo, cache)["train"].out_dir
+    train_dir = plans(demo, cache, "train.epochs=10")["train"].out_dir
     ok, note = False, ""
     try:
-        a = spawn(run_command(demo, cache, "train.epochs=3"), out=tmp_path / "a.out")
-        assert wait_for(lambda: (read_holder(lock_path(train_dir)) or a).pid == a.proc.pid or a.poll() is not None, 300)
+        a = spawn(run_command(demo, cache, "train.epochs=10"), out=tmp_path / "a.out")
+        assert wait_for(lambda: holds(a, train_dir) or a.poll() is not None, 300)
         assert a.poll() is None, a.output()[-3000:]
-        b = spawn(run_command(demo, cache, "train.epochs=3"), out=tmp_path / "b.out")
+        b = spawn(run_command(demo, cache, "train.epochs=10"), out=tmp_path / "b.out")
         assert wait_for(lambda: "waiting for train" in b.output() or b.poll() is not None, 120), b.output()
         os.killpg(a.proc.pid, signal.SIGKILL)
         a.proc.wait()
@@ -116,7 +123,7 @@ def test_killed_holder_is_taken_over(fault_reference, tmp_path):
         text = " ".join(b.output().split())
         assert f"took over the lock of pid {a.proc.pid}" in text, text[-3000:]
         assert actions(b.output())["train"] == "run"
-        assert all(p.status() == "fresh" for p in plans(demo, cache, "train.epochs=3").values())
+        assert all(p.status() == "fresh" for p in plans(demo, cache, "train.epochs=10").values())
         ok, note = True, "the waiter took over the dead holder's lock and finished"
     finally:
         _rows.append(("holder SIGKILLed, waiter takes over", ok, note or "see pytest"))
@@ -134,6 +141,7 @@ def test_stale_lock_is_taken_over(fault_reference, tmp_path):
     train_dir = plans(demo, cache)["train"].out_dir
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    lock_path(train_dir).parent.mkdir(parents=True, exist_ok=True)
     lock_path(train_dir).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "start": "1",
                                                 "since": 0.0, "key": "", "what": "killed"}))
     ok, note = False, ""
@@ -147,21 +155,20 @@ def test_stale_lock_is_taken_over(fault_reference, tmp_path):
         _rows.append(("stale lock", ok, note or "see pytest"))
 
 
+@pytest.mark.slow
 def test_gc_during_a_run_removes_nothing_in_use(fault_reference, tmp_path):
-    from pipeline.chain.locks import lock_path, read_holder
-
     demo = fault_reference.demo
     cache = demo.work / "gc_during_run"
     copy_cache(fault_reference.cache_root, cache)
-    running = plans(demo, cache, "model.top_k=2", "train.epochs=3")
+    running = plans(demo, cache, "model.top_k=2", "train.epochs=10")
     leftover = cache / "demo" / "runs" / "0123456789abcdef"   # a killed run's leftover: nobody uses it
     leftover.mkdir(parents=True)
     (leftover / "checkpoints.bin").write_bytes(b"x" * 1000)
     ok, note = False, ""
     try:
-        a = spawn(run_command(demo, cache, "model.top_k=2", "train.epochs=3"), out=tmp_path / "a.out")
+        a = spawn(run_command(demo, cache, "model.top_k=2", "train.epochs=10"), out=tmp_path / "a.out")
         train_dir = running["train"].out_dir
-        assert wait_for(lambda: (read_holder(lock_path(train_dir)) or a).pid == a.proc.pid or a.poll() is not None, 300)
+        assert wait_for(lambda: (holds(a, train_dir) and (train_dir / "config.yaml").exists()) or a.poll() is not None, 300)
         assert a.poll() is None, a.output()[-3000:]
         # gc for another config (top_k 4): the running chain's run and the shared store are unreached by it
         g = spawn(["ecpa", "gc", "--preset", "demo", "--delete", "--json",
