@@ -74,8 +74,8 @@ def test_live_holder_refuses_without_wait_and_is_waited_for(tmp_path):
         said: list[str] = []
         with hold_stage(out, report=said.append, poll_s=0.02) as h:
             assert h.waited and h.took_over is None
-            assert child.poll() == 0, "took the lock while its holder still ran"
-            assert log.read_text().count("out ") == 1
+            assert log.read_text().count("out ") == 1, "took the lock while its holder still held it"
+        assert child.wait(timeout=60) == 0
         assert len(said) == 1 and f"held by pid {child.pid}" in said[0]
     finally:
         child.kill()
