@@ -8,6 +8,7 @@ keys share (usually the extraction), and rerunning a sweep reuses every finished
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -22,6 +23,7 @@ from pipeline.chain.plan import prepare, read_inputs
 from pipeline.chain.run import ChainResult, chain_status, run_chain
 from pipeline.chain.specs import STAGES
 from pipeline.config import DataConfig
+from pipeline.errors import UserError
 from pipeline.records import read_record, short
 from stages._common import (CacheOpt, PresetOpt, SetOpt, out, print_random_note, random_extractors, reporter,
                             resolve_config, user_errors)
@@ -85,6 +87,8 @@ ForceOpt = Annotated[
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the stages.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="When another process is computing a stage of this "
+                                       "chain: wait for it and reuse its output (default), or stop at once naming it.")]
 
 
 @user_errors
@@ -95,12 +99,14 @@ def run_command(
     upto: UptoOpt = "score",
     force: ForceOpt = None,
     progress: ProgressOpt = True,
+    wait: WaitOpt = True,
 ) -> None:
     cfg = resolve_config(preset, set, cache)
     result = ChainResult(cfg=cfg)
     t0 = time.perf_counter()
     try:
-        run_chain(cfg, prepare(cfg), upto=upto, force=force or (), reporter=reporter(progress), result=result)
+        run_chain(cfg, prepare(cfg), upto=upto, force=force or (), reporter=reporter(progress), result=result,
+                  wait=wait)
     except BaseException:
         if result.outcomes:
             print_summary(result, failed=True)
@@ -122,14 +128,17 @@ def status_command(
     rows = chain_status(cfg, inputs, verify=verify)
     todo = None if inputs is not None else (f"the {cfg.data.name} dataset is not generated yet under "
                                             f"{cfg.data.root}: `ecpa run` (or `ecpa demo-data`) makes it")
+    from pipeline.chain.gc import cache_size, human_bytes
+
+    size = cache_size(cfg.cache_dir)
     if json_out:
-        print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "stages": rows,
+        print(json.dumps({"preset": cfg.preset, "cache": str(cfg.cache_dir), "cache_bytes": size, "stages": rows,
                           **({"todo": todo} if todo else {})}, indent=2))
         return
     if todo:
         out.print(f"{cfg.preset}: {escape(str(cfg.cache_dir))}: nothing planned yet; {escape(todo)}", highlight=False)
         return
-    t = Table(title=f"{cfg.preset}: {cfg.cache_dir}", title_justify="left")
+    t = Table(title=f"{cfg.preset}: {cfg.cache_dir} ({human_bytes(size)} in all)", title_justify="left")
     for col in ("stage", "key", "status", "folder", "why"):
         t.add_column(col, overflow="fold", no_wrap=col in ("stage", "key", "status"))
     from pipeline.chain.freshness import clip_summary_text
@@ -162,9 +171,12 @@ def run_sweep(
     name: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] | None = _echo_default,
+    jobs: int = 1,
+    scheduler: str | None = None,
 ) -> tuple[Path, list]:
     """Run every point of the grid as a chain; write sweep.csv, sweep.json and sweep.png to
-    cache/<ds>/sweeps/<name>/. Returns (that folder, the SweepPoints)."""
+    cache/<ds>/sweeps/<name>/. Returns (that folder, the SweepPoints). `jobs` > 1 or a dask `scheduler`
+    address: the points run side by side as `ecpa run` child processes (pipeline.chain.parallel)."""
     from pipeline.chain.sweep import SweepPoint, default_name, expand_grid, parse_grid, plot_sweep, write_csv, write_json
 
     say = echo or (lambda _t: None)
@@ -175,6 +187,8 @@ def run_sweep(
     # resolve every point first: a bad value stops the sweep before anything runs
     cfgs = [resolve_config(preset, list(sets or []) + [f"{k}={v}" for k, v in pt.items()], cache) for pt in points]
     out_dir = sweep_dir(base.cache_dir, name or default_name(grid))
+    if jobs > 1 or scheduler:
+        return _sweep_parallel(preset, sets, cache, grid, points, cfgs, out_dir, jobs, scheduler, say)
     done: list[SweepPoint] = []
     for i, (pt, cfg) in enumerate(zip(points, cfgs), 1):
         desc = ", ".join(f"{k}={v}" for k, v in pt.items())
@@ -190,6 +204,67 @@ def run_sweep(
     return out_dir, done
 
 
+def _sweep_parallel(preset, sets, cache, grid, points, cfgs, out_dir: Path, jobs: int, scheduler: str | None,
+                    say: Callable[[str], None]) -> tuple[Path, list]:
+    """The points as `ecpa run` child processes, `jobs` at once or on a dask cluster; the stages all points
+    share are run here first, once. Failed points are named with their logs (UserError) after the finished
+    ones are written to sweep.csv/json/png."""
+    import os
+    import sys
+
+    from pipeline.chain import parallel
+    from pipeline.chain.sweep import SweepPoint, plot_sweep, write_csv, write_json
+
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give 1 or more")
+    fields_ = [n for n, _ in grid]
+    from pipeline.chain.plan import plan
+
+    inputs = [prepare(cfg) for cfg in cfgs]
+    plans = [plan(cfg, inp) for cfg, inp in zip(cfgs, inputs)]
+    shared = [s_ for s_ in STAGES if len({pl[s_].key for pl in plans}) == 1]
+    shared = STAGES[:next((i for i, s_ in enumerate(STAGES) if s_ not in shared), len(STAGES))]
+    if shared and shared != STAGES and plans[0][shared[-1]].status() != "fresh":
+        say(f"[bold]sweep: shared stages first[/] ({', '.join(shared)}: the same for every point)")
+        run_chain(cfgs[0], inputs[0], upto=shared[-1], reporter=_sweep_reporter(False, say))
+    head = [sys.executable, "-m", "stages.cli", "run", "--no-progress"]
+    head += (["--preset", preset] if preset else []) + (["--cache", str(cache)] if cache else [])
+    todo = []
+    for i, (pt, pl) in enumerate(zip(points, plans), 1):
+        label = ", ".join(f"{k}={v}" for k, v in pt.items())
+        sets_ = [*(sets or []), *(f"{k}={v}" for k, v in pt.items())]
+        slug = re.sub(r"[^A-Za-z0-9_.=-]", "_", "_".join(f"{k}={v}" for k, v in pt.items()))
+        todo.append(parallel.Point(i, label, head + sum((["--set", x] for x in sets_), []),
+                                   out_dir / "logs" / f"point-{i:03d}-{slug}.log", pl["score"].status() == "fresh"))
+    actions = [{s_: ("reused" if pl[s_].status() == "fresh" or s_ in shared else "run") for s_ in STAGES} for pl in plans]
+    repo = str(Path(__file__).resolve().parents[1])
+    env = {"PYTHONPATH": os.pathsep.join(x for x in [repo, os.environ.get("PYTHONPATH", "")] if x), "COLUMNS": "160"}
+    report = lambda text: say(escape(text))  # noqa: E731
+    outcomes = (parallel.run_dask(todo, scheduler, env=env, report=report) if scheduler
+                else parallel.run_local(todo, jobs, env=env, report=report))
+    done: list[SweepPoint] = []
+    for o, cfg, pl, act in zip(outcomes, cfgs, plans, actions):
+        if pl["score"].status() != "fresh":
+            continue
+        from pipeline.chain.compare import read_scores
+
+        values = {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields_}
+        done.append(SweepPoint(values, {s_: pl[s_].key for s_ in STAGES}, read_scores(pl["score"].out_dir),
+                               act if o.state != "reused" else {s_: "reused" for s_ in STAGES},
+                               {"dataset": cfg.data.name, "split": cfg.caption.split}))
+    if done:
+        write_csv(out_dir / "sweep.csv", fields_, done)
+        write_json(out_dir / "sweep.json", fields_, done, {"preset": cfgs[0].preset, "sets": list(sets or []),
+                                                            "grid": dict(grid)})
+        plot_sweep(out_dir / "sweep.png", fields_, done, title=f"{cfgs[0].preset}: {' x '.join(fields_)}")
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(outcomes)} sweep points failed (the others are in "
+                        f"{out_dir / 'sweep.csv'}); rerun the same sweep to redo only those:\n"
+                        + "\n".join(f"  {o.point.label}: exit {o.returncode}, log {o.point.log}" for o in failed))
+    return out_dir, done
+
+
 @user_errors
 def sweep_command(
     grid: Annotated[list[str], typer.Argument(help="section.field=v1,v2,... (several: a grid), e.g. model.top_k=1,2,3,4,5")],
@@ -198,10 +273,13 @@ def sweep_command(
     cache: CacheOpt = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Sweep folder name (default: the swept fields).")] = None,
     progress: ProgressOpt = True,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Points run at once, each an `ecpa run` child process with one GPU (CUDA_VISIBLE_DEVICES) or an equal share of the CPU threads; logs in the sweep folder's logs/.")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Run the points as tasks on this dask.distributed cluster (tcp://HOST:PORT); one GPU per task when the workers declare --resources GPU=1.")] = None,
 ) -> None:
     from pipeline.chain.sweep import metric_order
 
-    out_dir, points = run_sweep(preset, set, grid, cache=cache, name=name, progress=progress)
+    out_dir, points = run_sweep(preset, set, grid, cache=cache, name=name, progress=progress, jobs=jobs,
+                                scheduler=scheduler)
     fields_ = list(points[0].values) if points else []
     metrics = metric_order({m for p in points for m in p.metrics})
     t = Table(title=f"sweep: {out_dir}", title_justify="left")

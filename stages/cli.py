@@ -7,7 +7,7 @@ from __future__ import annotations
 import typer
 
 from stages import ablate, caption, chain, data, extract, protocols, score, show, train
-from stages import export, predict
+from stages import export, gc, predict
 
 app = typer.Typer(
     name="ecpa",
@@ -27,6 +27,7 @@ app.command("run", help="Run extract -> train -> caption -> score, skipping stag
 app.command("status", help="Show each stage's key and whether it is fresh, stale or missing.")(chain.status_command)
 app.command("sweep", help="Grid over fields (e.g. model.top_k=1,2,3), sharing what does not change; plot + CSV.")(chain.sweep_command)
 app.command("ablate", help="The paper's ablation rows (Tables IV-VI) on one cache, sharing the extraction; CSV + Markdown + PNG.")(ablate.command)
+app.command("gc", help="List (--delete: remove) the stage outputs no current preset or given config reaches; never what a running process holds.")(gc.command)
 app.command("compare", help="One table of metrics and differing config fields for several runs.")(chain.compare_command)
 app.command("show", help="A PNG/HTML sheet for chosen clips: frames, caption, references, emotion, top AUs.")(show.command)
 app.command("cross", help="Cross-dataset protocol: train on one cache, caption and score another.")(protocols.cross_command)

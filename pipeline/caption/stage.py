@@ -177,7 +177,7 @@ def run(cfg: Config, plans: dict | None = None, *, force: bool = False, reporter
         lock=None) -> dict:
     """Caption `cfg.caption.split` with the run `cfg` plans, unless a fresh output for the same key exists
     (`plans`: the command's plan; planned here when not given)."""
-    from pipeline.chain.run_stage import no_lock, run_stage
+    from pipeline.chain.run_stage import run_stage
 
     if plans is None:
         from pipeline.chain.plan import plan, prepare
@@ -196,4 +196,4 @@ def run(cfg: Config, plans: dict | None = None, *, force: bool = False, reporter
         return parts
 
     return run_stage(p, work, cfg=cfg, parents=[(ex, "ecpa extract"), (tr, "ecpa train")], force=force,
-                     lock=lock or no_lock)
+                     lock=lock)

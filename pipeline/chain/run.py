@@ -75,25 +75,56 @@ def _why(cfg: Config, name: str, p: StagePlan) -> tuple[Why, bool]:
 
 
 def run_chain(cfg: Config, inputs: PlanInputs, *, upto: str = "score", force: Iterable[str] = (),
-              reporter: Reporter | None = None, result: ChainResult | None = None) -> ChainResult:
+              reporter: Reporter | None = None, result: ChainResult | None = None, wait: bool = True) -> ChainResult:
     """Run the chain for `cfg` (its `inputs` prepared once by the command) up to `upto`, reusing every stage
     whose key has a complete output. Reports one line per stage (reused/run and why). `force` names stages to
-    recompute even when fresh. Fills and returns `result` (pass one in to keep what finished when a stage raises)."""
-    from rich.markup import escape
+    recompute even when fresh. Fills and returns `result` (pass one in to keep what finished when a stage raises).
+
+    Each stage that has to run is computed under its output's lock (pipeline.chain.locks): when another process
+    is computing the same key, this one waits for it and reuses its output (`wait=False`: a UserError naming the
+    holder); a lock whose holder is dead is taken over. The outputs of the whole chain are announced as in use
+    for the run's length, so `ecpa gc` leaves them alone."""
+    from pipeline.chain.locks import in_use
 
     force = check_stages(upto, force)
     reporter = reporter or Reporter()
     result = result if result is not None else ChainResult()
     result.cfg = cfg
     plans = plan(cfg, inputs, upto=upto)
-    for name in STAGES[: STAGES.index(upto) + 1]:
-        p = plans[name]
-        why, repair = _why(cfg, name, p)
-        where = escape(rel(p.out_dir, cfg.cache_dir))
-        if why.status == "fresh" and name not in force:
-            result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
-            reporter.line(f"[green]{name}: reused[/] ({where})")
-            continue
+    with in_use(cfg.cache_dir, [p.out_dir for p in plans.values()]):
+        for name in STAGES[: STAGES.index(upto) + 1]:
+            _chain_stage(cfg, plans, name, name in force, reporter, result, wait)
+    if "score" in plans:
+        from pipeline.chain.compare import read_scores
+
+        result.scores = read_scores(plans["score"].out_dir)
+    return result
+
+
+def _chain_stage(cfg: Config, plans: dict[str, StagePlan], name: str, forced: bool, reporter: Reporter,
+                 result: ChainResult, wait: bool) -> None:
+    """One stage of `run_chain`: reuse it when fresh; else take its output's lock (waiting for another process
+    computing it), reuse what that process made, or compute it."""
+    from rich.markup import escape
+
+    from pipeline.chain.locks import hold_stage
+
+    p = plans[name]
+    why, repair = _why(cfg, name, p)
+    where = escape(rel(p.out_dir, cfg.cache_dir))
+    if why.status == "fresh" and not forced:
+        result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", why))
+        reporter.line(f"[green]{name}: reused[/] ({where})")
+        return
+    with hold_stage(p.out_dir, p.key, wait=wait, what=f"{name} output {rel(p.out_dir, cfg.cache_dir)}",
+                    report=lambda text: reporter.line(f"[yellow]{escape(text)}[/]")) as hold:
+        if hold.took_over is not None:
+            reporter.line(f"[yellow]{name}: took over the lock of {escape(hold.took_over.text())}, a process that "
+                          "is gone[/]")
+        if hold.waited and not forced and p.status() == "fresh":   # the process waited for computed it
+            result.outcomes.append(StageOutcome(name, p.key, p.out_dir, "reused", Why("fresh", detail=where)))
+            reporter.line(f"[green]{name}: reused[/] ({where}, computed by the process waited for)")
+            return
         reason = "forced" if why.status == "fresh" else escape(why.text(cfg.cache_dir))
         reporter.line(f"[bold cyan]{name}: run[/] ({reason}{' - doing that now' if repair else ''})")
         outcome = StageOutcome(name, p.key, p.out_dir, "failed", why)
@@ -102,20 +133,15 @@ def run_chain(cfg: Config, inputs: PlanInputs, *, upto: str = "score", force: It
         t0 = time.perf_counter()
         try:
             extra = {"verify": True} if repair else {}   # a damaged store: recompute the damaged clips
-            body(cfg, plans, force=name in force, reporter=reporter, **extra)
+            body(cfg, plans, force=forced, reporter=reporter, **extra)
         finally:
             outcome.seconds = time.perf_counter() - t0
-        if p.status() != "fresh":
-            raise RuntimeError(
-                f"{SPECS[name].body} returned but {p.out_dir} holds no complete record for key {short(p.key)} "
-                "(a stage must write its stage.json last, for the key the plan gives)")
-        outcome.action = "run"
-        reporter.line(f"[green]{name}: done[/] in {outcome.seconds:.1f}s ({where})")
-    if "score" in plans:
-        from pipeline.chain.compare import read_scores
-
-        result.scores = read_scores(plans["score"].out_dir)
-    return result
+    if p.status() != "fresh":
+        raise RuntimeError(
+            f"{SPECS[name].body} returned but {p.out_dir} holds no complete record for key {short(p.key)} "
+            "(a stage must write its stage.json last, for the key the plan gives)")
+    outcome.action = "run"
+    reporter.line(f"[green]{name}: done[/] in {outcome.seconds:.1f}s ({where})")
 
 
 def chain_status(cfg: Config, inputs: PlanInputs | None, upto: str = "score", verify: bool = False) -> list[dict]:

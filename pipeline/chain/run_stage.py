@@ -8,6 +8,7 @@ missing, never as complete (pipeline.records). The stage body only computes; it 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable
@@ -18,10 +19,22 @@ from pipeline.config import Config, save_config
 from pipeline.errors import UserError
 from pipeline.records import StageRecord, read_record, write_record
 
+log = logging.getLogger(__name__)
+
 
 def no_lock(out_dir: Path, key: str) -> ContextManager:
-    """The default stage lock: none. The lead wires pipeline.chain.locks.hold_stage in here at merge."""
+    """No stage lock: for a stage whose body takes its own (extraction's store lock refuses a second writer at
+    once instead of waiting, pipeline.extract.runner.StoreLock)."""
     return contextlib.nullcontext()
+
+
+def stage_lock(out_dir: Path, key: str) -> ContextManager:
+    """The default stage lock (pipeline.chain.locks.hold_stage): wait while another live process computes this
+    output (who, to the log), take over a dead one's lock. Re-entrant: inside `ecpa run`, whose chain already
+    holds it, this is a no-op."""
+    from pipeline.chain.locks import hold_stage
+
+    return hold_stage(out_dir, key, what=f"the output {out_dir}", report=lambda text: log.warning("%s", text))
 
 
 def require_fresh(parents: Iterable[tuple[StagePlan, str]]) -> None:
@@ -44,7 +57,7 @@ def run_stage(
     start_over: bool = False,
     write: bool = True,
     configs: dict[str, Config] | None = None,
-    lock: Callable[[Path, str], ContextManager] = no_lock,
+    lock: Callable[[Path, str], ContextManager] | None = None,
 ) -> dict:
     """Compute the output of plan `p` with `work()` unless a complete output of its key exists.
 
@@ -59,8 +72,11 @@ def run_stage(
     require_fresh(parents)
     if guard is not None:
         guard()
-    # ---- STAGE LOCK: the one place a stage output is locked (pipeline.chain.locks.hold_stage, wired at merge)
-    with lock(p.out_dir, p.key):
+    # ---- STAGE LOCK: the one place a stage output is locked (pipeline.chain.locks.hold_stage)
+    lock = lock or (stage_lock if write else no_lock)
+    with lock(p.out_dir, p.key) as hold:
+        if getattr(hold, "waited", False) and not force and p.status() == "fresh":
+            return read_record(p.out_dir)   # the process waited for computed this very key
         if write:
             if force and start_over and p.out_dir.exists():
                 shutil.rmtree(p.out_dir)

@@ -418,7 +418,12 @@ def ensure_demo_extractors(cfg, say: Callable[[str], None] | None = None, force:
     if not force and status_of(out_dir, key) == "fresh":
         return read_record(out_dir)["extra"]
     say = say or (lambda text: log.warning("%s", text))
-    return fit_demo_extractors(cfg, out_dir, key, say)
+    from pipeline.chain.locks import hold_stage
+
+    with hold_stage(out_dir, key, what=f"the demo extractor fit {out_dir}", report=say) as hold:
+        if hold.waited and not force and status_of(out_dir, key) == "fresh":  # fitted by the process waited for
+            return read_record(out_dir)["extra"]
+        return fit_demo_extractors(cfg, out_dir, key, say)
 
 
 def fit_demo_extractors(cfg, out_dir: Path, key: str, say: Callable[[str], None]) -> dict:

@@ -541,60 +541,36 @@ from pipeline.device import resolve_device  # noqa: E402,F401  (one home: pipeli
 
 # ---- one writer per store ------------------------------------------------------------------------
 
-LOCK_NAME = ".extract.lock"
-
-
 class StoreLock:
-    """An exclusive lock file (O_CREAT|O_EXCL) holding `host pid`, so two extractions never write the
-    same store at once. A lock left by a dead process on this host is taken over; a live one raises
-    UserError naming the pid. (Dask workers of one run write under the driver's lock.)"""
+    """One writer per store: the extract output's stage lock (pipeline.chain.locks.hold_stage, pid + host +
+    start time, a dead holder's lock taken over) taken without waiting, so a second `ecpa extract` of the
+    same store refuses at once, naming the writer. The chain takes the same lock first (and waits); this
+    one is then a re-entrant no-op. (Dask workers of one run write under the driver's lock.)"""
 
     def __init__(self, out_dir: Path, store: str):
-        self.path = Path(out_dir) / LOCK_NAME
-        self.store = store
-        self.held = False
+        from pipeline.chain.locks import lock_path
 
-    def _owner(self) -> tuple[str, int] | None:
-        try:
-            host, pid = self.path.read_text().split()
-            return host, int(pid)
-        except (FileNotFoundError, ValueError):
-            return None
+        self.out_dir = Path(out_dir)
+        self.path = lock_path(self.out_dir)
+        self.store = store
+        self._hold = None
 
     def acquire(self) -> None:
-        import socket
-
+        from pipeline.chain.locks import StageBusy, hold_stage
         from pipeline.errors import UserError
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = socket.gethostname()
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None:  # being written this instant, or garbage: look again
-                    time.sleep(0.05)
-                    if self._owner() is None:
-                        self.path.unlink(missing_ok=True)
-                    continue
-                host, pid = owner
-                if host == me and not _pid_alive(pid):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                where = "" if host == me else f" on {host}"
-                raise UserError(f"another extraction (pid {pid}{where}) is writing {self.store}; wait for it to "
-                                f"finish, or delete {self.path} if that process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{me} {os.getpid()}\n")
-            self.held = True
-            return
-        raise UserError(f"could not take the lock {self.path}; delete it if no extraction is running")
+        hold = hold_stage(self.out_dir, wait=False, what=f"the store {self.store}")
+        try:
+            hold.__enter__()
+        except StageBusy as e:
+            raise UserError(f"another extraction ({e.holder.text()}) is writing {self.store}; wait for it to "
+                            f"finish, or delete {self.path} if that process is gone") from None
+        self._hold = hold
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._hold is not None:
+            hold, self._hold = self._hold, None
+            hold.__exit__(None, None, None)
 
     def __enter__(self) -> "StoreLock":
         self.acquire()
@@ -602,13 +578,3 @@ class StoreLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -313,7 +313,7 @@ def run(cfg: Config, plans: dict | None = None, *, force: bool = False, reporter
     built = _build(cfg, extractors, bool(scheduler or workers_cluster), reporter.note)
     rec = run_stage(p, lambda: _work(cfg, p, built, force=force, verify=verify, reporter=reporter,
                                      scheduler=scheduler, workers_cluster=workers_cluster, t0=t0),
-                    cfg=cfg, force=True, lock=lock or no_lock)
+                    cfg=cfg, force=True, lock=lock or no_lock)   # its lock is the store lock in _work (refuses a second writer)
     n_failed = rec["counts"]["failed"]
     if strict and n_failed:
         raise UserError(f"{n_failed} of {rec['counts']['clips']} clips failed (--strict); reasons in "

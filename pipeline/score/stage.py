@@ -185,10 +185,10 @@ def score_stage(p, caption, cfg: Config, *, force: bool = False, reporter: Repor
                 lock=None) -> dict:
     """The score output of plan `p` for the caption output of plan `caption` (shared with the cross/zero-shot
     protocols, whose caption plan lives under the training run)."""
-    from pipeline.chain.run_stage import no_lock, run_stage
+    from pipeline.chain.run_stage import run_stage
 
     reporter = reporter or Reporter()
     return run_stage(p, lambda: score_into(p.out_dir, caption.out_dir, cfg.score, reporter=reporter,
                                            baselines=training_baselines(cfg)),
                      cfg=cfg, parents=[(caption, "ecpa caption")], guard=require_java, force=force,
-                     lock=lock or no_lock)
+                     lock=lock)

@@ -47,7 +47,7 @@ def run(cfg: Config, plans: dict | None = None, *, force: bool = False, reporter
     """Train for `cfg` unless a fresh run with the same key exists (`plans`: the command's plan; planned here
     when not given). `resume` continues from the run's last checkpoint (a killed run); `force` retrains from
     scratch. Under torchrun every rank trains; rank 0 writes the outputs and the record."""
-    from pipeline.chain.run_stage import no_lock, run_stage
+    from pipeline.chain.run_stage import run_stage
     from pipeline.data.manifest import read_manifest
     from pipeline.train import loop as training
 
@@ -79,4 +79,4 @@ def run(cfg: Config, plans: dict | None = None, *, force: bool = False, reporter
 
     return run_stage(p, work, cfg=cfg, parents=[(ex, "ecpa extract")],
                      guard=lambda: check_store_fits(cfg, store_path, ex), force=force, start_over=True,
-                     write=rank == 0, lock=lock or no_lock)
+                     write=rank == 0, lock=lock)

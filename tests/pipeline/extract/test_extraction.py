@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 from pipeline.errors import UserError, WeightsMissingError
+from pipeline.chain.locks import lock_path
 from pipeline.extract.runner import StoreLock, read_errors
 from pipeline.extract import stage as extract
 from pipeline.chain.plan import prepare_and_plan as plan
@@ -64,7 +65,7 @@ def test_resume_after_kill_recomputes_nothing_and_equals_uninterrupted(tiny_demo
     p, g = _store(cfg)
     assert g["done"][:].tolist() == [True, True, False]
     assert not (p.out_dir / "stage.json").exists()
-    assert not (p.out_dir / ".extract.lock").exists()  # released on the way out
+    assert not lock_path(p.out_dir).exists()  # released on the way out
 
     again = Counting(real_extractors)
     rec = extract.run(cfg, extractors=again)
@@ -138,18 +139,26 @@ def test_missing_weights_stop_before_any_work(tiny_demo_extracted, tmp_path):
 
 
 def test_lock_refuses_live_writer_and_takes_over_stale(tmp_path):
+    """StoreLock is the extract output's stage lock (pipeline.chain.locks), taken without waiting."""
+    import json
     import socket
 
-    lock = tmp_path / ".extract.lock"
-    lock.write_text(f"{socket.gethostname()} {os.getppid()}\n")  # our parent: alive
-    with pytest.raises(UserError, match=f"another extraction \\(pid {os.getppid()}\\) is writing store-x"):
-        StoreLock(tmp_path, "store-x").acquire()
+    from pipeline.chain.locks import process_start
+
+    out = tmp_path / "features" / "k"
+    lock = lock_path(out)
+    lock.parent.mkdir(parents=True)
+    parent = os.getppid()  # our parent: alive, with this start time
+    lock.write_text(json.dumps({"pid": parent, "host": socket.gethostname(), "start": process_start(parent),
+                                "since": 0.0}))
+    with pytest.raises(UserError, match=f"another extraction \\(pid {parent}\\b.*\\) is writing store-x"):
+        StoreLock(out, "store-x").acquire()
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    lock.write_text(f"{socket.gethostname()} {dead.pid}\n")
-    with StoreLock(tmp_path, "store-x"):
-        assert lock.read_text().split()[1] == str(os.getpid())
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "start": "1", "since": 0.0}))
+    with StoreLock(out, "store-x"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert not lock.exists()
 
 
