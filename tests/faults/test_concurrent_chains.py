@@ -62,7 +62,7 @@ def holds(child, out_dir) -> bool:
 
 
 def plans(demo, cache, *extra):
-    from stages.plan import plan
+    from pipeline.chain.plan import prepare_and_plan as plan
 
     return plan(demo.cfg(cache, *CHAIN_SETS, *extra))
 

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from stages import chain
 from stages.cli import app
-from stages.plan import plan
+from pipeline.chain.plan import prepare, prepare_and_plan as plan
+from pipeline.chain.run import run_chain
 from tests.stages.test_chain import cfg_of, demo_root, fakes, sets  # noqa: F401  (fixtures)
 
 
@@ -16,9 +17,9 @@ def _opts(sets, *more):
 
 
 def test_gc_lists_then_deletes_what_the_given_config_does_not_reach(fakes, sets):
-    chain.run_chain(cfg_of(sets), progress=False, echo=None)                       # top_k 3 (the preset's)
-    chain.run_chain(cfg_of(sets, "model.top_k=4"), progress=False, echo=None)
-    chain.run_chain(cfg_of(sets, "caption.beam_size=2"), progress=False, echo=None)
+    _run(cfg_of(sets))                       # top_k 3 (the preset's)
+    _run(cfg_of(sets, "model.top_k=4"))
+    _run(cfg_of(sets, "caption.beam_size=2"))
     keep, other_k, other_beam = (plan(cfg_of(sets, *m)) for m in ([], ["model.top_k=4"], ["caption.beam_size=2"]))
 
     res = CliRunner().invoke(app, ["gc", "--preset", "demo", "--json", *_opts(sets)])
@@ -53,9 +54,13 @@ def test_gc_keeps_recorded_sweep_points_unless_told(fakes, sets):
 def test_status_shows_the_cache_size(fakes, sets):
     from pipeline.chain.gc import cache_size
 
-    chain.run_chain(cfg_of(sets), progress=False, echo=None)
+    _run(cfg_of(sets))
     res = CliRunner().invoke(app, ["status", "--preset", "demo", "--json", *_opts(sets)])
     size = json.loads(res.output)["cache_bytes"]
     assert size == cache_size(cfg_of(sets).cache_dir) and size > 1000
     res = CliRunner().invoke(app, ["status", "--preset", "demo", *_opts(sets)])
     assert " in all)" in res.output
+
+
+def _run(cfg):
+    return run_chain(cfg, prepare(cfg))

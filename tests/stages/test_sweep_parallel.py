@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from stages import chain
-from stages.plan import plan
+from pipeline.chain.plan import prepare_and_plan as plan
 
 SHORT = ["train.epochs=1", "score.meteor=false"]
 
