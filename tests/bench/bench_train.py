@@ -79,13 +79,20 @@ def timed_steps(model, opt, batches: list[dict], tcfg, device, amp) -> tuple[lis
 
 
 def count_flops(model, opt, batch: dict, tcfg, device, amp) -> int:
-    """FLOPs of one training step (forward, backward, update) counted by torch.utils.flop_counter. Run after the
-    memory is read: under FlopCounterMode gradient checkpointing's savings do not show (the peak grows)."""
+    """Useful FLOPs of one training step (one forward, one backward, the update) counted by
+    torch.utils.flop_counter, with gradient checkpointing switched off for the count: its recomputed forward is
+    hardware work, not model work, and counting it would flatter a checkpointed step's utilisation. Run after
+    the memory is read (the count's step keeps every activation, so the peak grows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with amp, counter:
-        _step(model, opt, batch, tcfg, device)
+    ckpt = getattr(model, "grad_checkpoint", False)
+    model.grad_checkpoint = False
+    try:
+        with amp, counter:
+            _step(model, opt, batch, tcfg, device)
+    finally:
+        model.grad_checkpoint = ckpt
     return int(counter.get_total_flops())
 
 
