@@ -54,3 +54,34 @@ def test_core_is_taken_only_for_cpu_training_with_dropout_or_a_learned_mask():
         assert not _takes_core(q, bias, 0.1)                               # inference: SDPA
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not _takes_core(q, bias, 0.1)
+
+
+def test_model_training_step_equals_transformers_sdpa():
+    """The whole model's training step with the core (dropout and the learned sparse mask) gives transformers'
+    SDPA losses and gradients: same maths, same dropout draws."""
+    from pipeline.config import ModelConfig
+    from pipeline.train.model import ECPA
+
+    ids = torch.tensor([[2, 5, 4, 3, 0], [2, 7, 8, 9, 3]])
+    labels = torch.where(ids == 4, 6, -100)
+    g = torch.Generator().manual_seed(0)
+    b = {"vid": torch.randn(2, 4, 8, generator=g).half(), "er": torch.randn(2, 3, 10, generator=g).half(),
+         "au_feats": torch.randn(2, 2, 5, 12, generator=g).half(), "au_probs": torch.rand(2, 2, 5, generator=g)}
+    runs = []
+    for impl in ("ecpa_sdpa", "sdpa"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(hidden=32, layers=2, heads=2, intermediate=64, video_proj=16, top_k=2, max_caption_len=12,
+                          dropout=0.2)
+        m = ECPA(cfg, vocab_size=40, cls_id=2, sep_id=3, mask_id=4, pad_id=0, num_emotions=3, video_tokens=4,
+                 video_channels=8, er_dim=10, au_dim=12, num_aus=5).train()
+        assert m.bert_config._attn_implementation == "ecpa_sdpa"
+        m.bert_config._attn_implementation = impl
+        torch.manual_seed(5)
+        out = m(b, ids, labels)
+        loss = F.cross_entropy(out["mlm_logits"], out["mlm_targets"]) + out["emotion_logits"].sum()
+        loss.backward()
+        runs.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = runs
+    assert l0 == pytest.approx(l1, abs=1e-6) and g0.keys() == g1.keys() and "sparse_logits" in g0
+    for n in g0:
+        torch.testing.assert_close(g0[n], g1[n], atol=1e-6, rtol=1e-5, msg=n)
