@@ -2,8 +2,9 @@
 inside the loop), same model, same batches, same run; `--mafw-shapes`: the paper-sized step (784 x 1024 video
 tokens, 12 layers x 768) with steps/s, peak memory and utilisation.
 
-Utilisation = achieved FLOP/s of the training step (FLOPs counted by torch.utils.flop_counter on the warm-up
-step, times the median steps/s over the timed steps) over this machine's dense matmul FLOP/s in the step's
+Utilisation = achieved FLOP/s of the training step (useful FLOPs: one forward + backward + update counted by
+torch.utils.flop_counter on an extra step with gradient checkpointing off, so a checkpointed run's recompute is
+not counted as work; times the median steps/s over the timed steps) over this machine's dense matmul FLOP/s in the step's
 compute dtype, measured in the same process. The MLM masking is done before the clock starts, as the training
 loader's workers do it (`MaskedPairs`), so the step timed is the step `pipeline.train.loop` runs.
 
