@@ -39,8 +39,7 @@ class _AttentionCore(torch.autograd.Function):
         drop = None
         if p > 0:   # the math path's draws: bernoulli_(1 - p) over the probabilities, 1 = keep
             drop = torch.empty_like(probs, dtype=torch.bool).bernoulli_(1 - p).logical_not_()
-            torch.mul(probs.masked_fill(drop, 0.0), 1 / (1 - p), out=s)
-            out = torch.matmul(s, v)
+            out = torch.matmul(torch.mul(probs, 1 / (1 - p), out=s).masked_fill_(drop, 0.0), v)   # s's buffer
         else:
             out = torch.matmul(probs, v)
         del s
@@ -56,7 +55,7 @@ class _AttentionCore(torch.autograd.Function):
             dv = torch.matmul(probs.transpose(-1, -2), d_out) if ctx.needs_input_grad[2] else None
             d_probs = torch.matmul(d_out, v.transpose(-1, -2))
         else:
-            buf = probs.masked_fill(drop, 0.0).mul_(1 / (1 - p))          # the dropped probabilities
+            buf = torch.mul(probs, 1 / (1 - p)).masked_fill_(drop, 0.0)   # the dropped probabilities
             dv = torch.matmul(buf.transpose(-1, -2), d_out) if ctx.needs_input_grad[2] else None
             d_probs = torch.matmul(d_out, v.transpose(-1, -2), out=buf).masked_fill_(drop, 0.0).mul_(1 / (1 - p))
         d_s = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
