@@ -25,7 +25,8 @@ The [CLASS-k] tokens (TEP, `model.sentence_prompt`):
 * `context` (the visual-only variant, kept as an ablation): the class tokens are part of the context and
   never see the caption, so L_ER is a purely visual classifier.
 
-The encoder is `transformers.BertEncoder` (standard post-LN BertLayer, sdpa attention, GELU), fed an
+The encoder is `transformers.BertEncoder` (standard post-LN BertLayer, sdpa attention, GELU; CPU training with
+dropout or the learned mask uses `pipeline.train.attention`'s core, the same maths), fed an
 additive mask of shape (B, 1, L, L) built in the compute dtype (bf16 under bf16 autocast, so a fused
 attention kernel can take it). Non-standard parts, all outside the encoder layers:
 
@@ -56,6 +57,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder
 
 from pipeline.config import ModelConfig
+from pipeline.train.attention import ATTENTION_NAME
 
 SPARSE_MASKS = ("swinbert", "logsigmoid")
 SENTENCE_PROMPTS = ("caption", "context")
@@ -121,7 +123,7 @@ class ECPA(nn.Module):
             attention_probs_dropout_prob=cfg.dropout, max_position_embeddings=max(cfg.max_caption_len, 64),
             type_vocab_size=2, layer_norm_eps=1e-12, pad_token_id=pad_id,
         )
-        self.bert_config._attn_implementation = "sdpa"
+        self.bert_config._attn_implementation = ATTENTION_NAME   # SDPA, with pipeline.train.attention's CPU core
 
         # ---- caption embedding (BertEmbeddings' maths, with an explicit position offset) ----
         self.word_embeddings = nn.Embedding(vocab_size, H, padding_idx=pad_id)

@@ -2,8 +2,9 @@
 inside the loop), same model, same batches, same run; `--mafw-shapes`: the paper-sized step (784 x 1024 video
 tokens, 12 layers x 768) with steps/s, peak memory and utilisation.
 
-Utilisation = achieved FLOP/s of the training step (FLOPs counted by torch.utils.flop_counter on the warm-up
-step, times the median steps/s over the timed steps) over this machine's dense matmul FLOP/s in the step's
+Utilisation = achieved FLOP/s of the training step (useful FLOPs: one forward + backward + update counted by
+torch.utils.flop_counter on an extra step with gradient checkpointing off, so a checkpointed run's recompute is
+not counted as work; times the median steps/s over the timed steps) over this machine's dense matmul FLOP/s in the step's
 compute dtype, measured in the same process. The MLM masking is done before the clock starts, as the training
 loader's workers do it (`MaskedPairs`), so the step timed is the step `pipeline.train.loop` runs.
 
@@ -79,13 +80,20 @@ def timed_steps(model, opt, batches: list[dict], tcfg, device, amp) -> tuple[lis
 
 
 def count_flops(model, opt, batch: dict, tcfg, device, amp) -> int:
-    """FLOPs of one training step (forward, backward, update) counted by torch.utils.flop_counter. Run after the
-    memory is read: under FlopCounterMode gradient checkpointing's savings do not show (the peak grows)."""
+    """Useful FLOPs of one training step (one forward, one backward, the update) counted by
+    torch.utils.flop_counter, with gradient checkpointing switched off for the count: its recomputed forward is
+    hardware work, not model work, and counting it would flatter a checkpointed step's utilisation. Run after
+    the memory is read (the count's step keeps every activation, so the peak grows)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with amp, counter:
-        _step(model, opt, batch, tcfg, device)
+    ckpt = getattr(model, "grad_checkpoint", False)
+    model.grad_checkpoint = False
+    try:
+        with amp, counter:
+            _step(model, opt, batch, tcfg, device)
+    finally:
+        model.grad_checkpoint = ckpt
     return int(counter.get_total_flops())
 
 

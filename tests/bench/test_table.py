@@ -166,6 +166,41 @@ def test_train_mafw_peak_memory_parsed_from_text_and_utilisation_target_from_bat
     b4 = bench.rows_train_mafw({**r, "batch": 4, "steps_per_s": 0.1})[2]            # 60 of 80 GFLOP/s: 75%
     assert b4.ratio == pytest.approx(0.75) and b4.holds == "yes"
     assert bench.rows_train_mafw({**r, "batch": 4, "steps_per_s": 0.08})[2].holds == "no"   # 60%
+    assert "the target's row" in b4.what and "no recompute" in b4.what
+    ck = bench.rows_train_mafw({**r, "batch": 4, "steps_per_s": 0.1, "grad_checkpoint": True})[2]
+    assert ck.ratio == pytest.approx(0.75) and ck.holds == "n/a"       # checkpointed: memory row, not the target's
+    assert "the target is on the row without checkpointing" in ck.what
+
+
+def test_useful_flops_are_counted_without_the_checkpoint_recompute(monkeypatch):
+    """count_flops counts one forward + backward: a checkpointed model gives the same count as a plain one (the
+    recomputed forward is not counted), and the model's setting is restored."""
+    import torch
+    from tests.bench import bench_train
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.grad_checkpoint = torch.nn.Linear(16, 16), False
+
+        def forward(self, x):
+            if self.grad_checkpoint:
+                from torch.utils.checkpoint import checkpoint
+                return checkpoint(self.lin, x, use_reentrant=False)
+            return self.lin(x)
+
+    def count(ckpt):
+        net = Net()
+        net.grad_checkpoint = ckpt
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        x = torch.randn(8, 16, requires_grad=True)
+        n = bench_train.count_flops(net, opt, {"x": x}, None, None, torch.autocast("cpu", enabled=False))
+        assert net.grad_checkpoint is ckpt
+        return n
+
+    monkeypatch.setattr(bench_train, "_step", lambda m, o, b, t, d: m(b["x"]).sum().backward())
+    plain, ckpt = count(False), count(True)
+    assert plain == ckpt == 3 * 2 * 8 * 16 * 16          # forward, grad of input, grad of weight
 
 
 def test_memory_per_clip_is_the_slope_between_two_batches():
