@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark of the project, side by side in one run, and write one table.
 
-    .venv/bin/python -m tests.bench [--only loader,store] [--skip train_mafw] [--budget 570] [--out bench]
+    .venv/bin/python -m tests.bench [--only loader,store] [--skip train_mafw] [--budget 1800] [--out bench]
 
 Each benchmark module (tests/bench/bench_*.py, `main(argv) -> dict`) runs in its own child process (so a
 crash, an out-of-memory kill or a hang is caught, and `ru_maxrss` peaks are the benchmark's own), with modest
@@ -471,7 +471,7 @@ def main(argv: list[str] | None = None) -> Results | int:
     ap = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {','.join(names)}")
     ap.add_argument("--skip", default="", help="comma-separated benchmarks to leave out (recorded as skipped)")
-    ap.add_argument("--budget", type=float, default=570.0, help="seconds for the whole run (default 570)")
+    ap.add_argument("--budget", type=float, default=1800.0, help="seconds for the whole run (default 1800)")
     ap.add_argument("--gpu", action="store_true", help="the GPU variants at MAFW shapes instead (gpu_check.sh)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes where a benchmark has them (smoke run)")
     ap.add_argument("--inprocess", action="store_true", help="call each main() in this process (debugging)")
