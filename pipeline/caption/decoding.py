@@ -33,6 +33,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from pipeline.device import to_device
 from pipeline.errors import UserError
 from pipeline.train.model import CaptionKV
 
@@ -40,10 +41,6 @@ from pipeline.train.model import CaptionKV
 # ---------------------------------------------------------------------------------------------
 # Logit computers: uncached (reference) and prefix-cached
 # ---------------------------------------------------------------------------------------------
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in batch.items()}
 
 
 class _Uncached:
@@ -294,11 +291,12 @@ def decode_with_emotion(
     tensors are moved to the model's device. `max_length` counts [CLS]; `beam_size` 1 is greedy;
     `words_only`: emit only `tokenizer.caption_pieces` and [SEP], never a '##' piece first;
     `no_repeat_ngram` n > 0: never generate an n-gram of word pieces twice in one caption (0: SwinBERT).
-    The emotion is read after the search, from the class tokens over the generated caption
-    (`ECPA.emotion_for_captions`; from the context alone in the visual-only variant)."""
+    The emotion is read after the search, from the class tokens over the generated caption, reusing the
+    search's context pass (`ECPA.emotion_from_cache`; `use_cache=False`: a full forward,
+    `ECPA.emotion_for_captions`; from the context alone in the visual-only variant)."""
     _check_args(model, tokenizer, beam_size, max_length)
     device = next(model.parameters()).device
-    batch = _to_device(batch, device)
+    batch = to_device(batch, device)
     B = batch["vid"].shape[0]
     banned = _banned(model, tokenizer, words_only, model.vocab_size, device)
     with _eval_mode(model):
@@ -333,7 +331,7 @@ def step_logits(model, batch: dict, tokens: Tensor, *, use_cache: bool) -> list[
     """Logits at the [MASK] slot for every prefix of `tokens` (B, T) fed step by step (teacher forcing):
     element t is (B, V) for input tokens[:, :t+1] + [MASK]. For parity tests of the two paths."""
     device = next(model.parameters()).device
-    batch = _to_device(batch, device)
+    batch = to_device(batch, device)
     tokens = tokens.to(device)
     B, T = tokens.shape
     out = []

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import resource
 import tempfile
 import time
@@ -82,18 +81,11 @@ def reset_peak(device: torch.device) -> None:
 
 
 def matmul_rate(device: torch.device, n: int, repeats: int = 10) -> float:
-    """Dense n x n matmul FLOP/s (bf16 on CUDA, fp32 on the CPU), best of `repeats`."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
+    """Dense n x n matmul FLOP/s (bf16 on CUDA, fp32 on the CPU), best of `repeats`: bench_train's measure."""
+    from tests.bench.bench_train import matmul_flops_per_s
+
+    return matmul_flops_per_s(device, torch.bfloat16 if device.type == "cuda" else torch.float32, n=n,
+                              repeats=repeats)
 
 
 def check_extract(shapes: Shapes, device: torch.device, clips: int, root: Path) -> dict:
