@@ -1,4 +1,4 @@
-"""Checkpoint plumbing shared by the frozen stage-one networks.
+"""Checkpoint plumbing shared by the frozen stage-one networks and stage two's BERT initialisation.
 
 One place for: reading a checkpoint file (`torch.load(weights_only=True)` only, unless the user names the
 file as trusted: see `read_checkpoint`), unwrapping the
