@@ -42,6 +42,7 @@ CacheOpt = Annotated[
     Optional[Path],
     typer.Option("--cache", help="Dataset cache folder, e.g. cache/mafw (sets data.cache_root and data.name)."),
 ]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the stages.")]
 
 
 def resolve_config(preset: str | None, sets: list[str] | None, cache: Path | None = None) -> Config:
@@ -135,3 +136,16 @@ def reporter(show_progress: bool = True):
         status=(lambda text: console.status(text, spinner="dots")) if show_progress
         else (lambda _text: contextlib.nullcontext()),
     )
+
+
+def echo_default(text: str) -> None:
+    """Where a sweep's or an ablation's lines go by default: stdout, rich markup rendered."""
+    out.print(text, highlight=False, soft_wrap=True)
+
+
+def sweep_reporter(show_progress: bool, echo: Callable[[str], None] | None):
+    """The Reporter of a sweep or an ablation: `reporter(show_progress)` with its lines (the stage lines and the
+    sweep's own) sent to `echo` (None: dropped)."""
+    rep = reporter(show_progress)
+    rep.line = echo or (lambda _t: None)
+    return rep

@@ -5,7 +5,7 @@
     ecpa ablate --preset demo --set train.epochs=30    # --set applies to every row
 
 Each row is `ecpa run` with that row's `--ablation` overrides (`pipeline.train.loop.ABLATIONS`), through
-`stages.chain.run_chain`: the rows share the extraction (and the extractor fit), and rerunning reuses
+`pipeline.chain.ablation.run_rows`: the rows share the extraction (and the extractor fit), and rerunning reuses
 every finished row. Writes cache/<ds>/ablations/<name>/{ablation.csv, ablation.json, ablation.md,
 ablation.png} and prints the table.
 """
@@ -18,12 +18,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stages._common import CacheOpt, PresetOpt, SetOpt, console, resolve_config, user_errors
+from stages._common import (CacheOpt, PresetOpt, ProgressOpt, SetOpt, console, echo_default, resolve_config,
+                            sweep_reporter, user_errors)
 from pipeline.chain.layout import ABLATIONS_DIR
-from pipeline.chain.plan import prepare
-from pipeline.chain.run import run_chain
 from pipeline.chain.specs import STAGES
-from stages.chain import ProgressOpt, _echo_default, _sweep_reporter
 
 
 def run_ablation(
@@ -34,27 +32,18 @@ def run_ablation(
     cache: Path | None = None,
     name: str = "paper",
     progress: bool = True,
-    echo: Callable[[str], None] | None = _echo_default,
+    echo: Callable[[str], None] | None = echo_default,
 ) -> tuple[Path, list]:
     """Run each ablation row as a chain; write the table files after every row. Returns (folder, points)."""
-    from pipeline.chain.ablation import resolve_rows, write_outputs
-    from pipeline.chain.sweep import SweepPoint
+    from pipeline.chain.ablation import resolve_rows, run_rows
     from pipeline.train.loop import ablation_sets
 
-    say = echo or (lambda _t: None)
     names = resolve_rows(rows)
     base = resolve_config(preset, sets, cache)
     # resolve every row first: a bad --set stops before anything runs (user --set wins over the row's)
     cfgs = [resolve_config(preset, ablation_sets(n) + list(sets or []), cache) for n in names]
     out_dir = base.cache_dir / ABLATIONS_DIR / name
-    meta = {"preset": base.preset, "sets": list(sets or []), "rows": names}
-    title = f"{base.preset}: ablations (Tables IV-VI), {base.caption.split} split"
-    done: list[SweepPoint] = []
-    for i, (row, cfg) in enumerate(zip(names, cfgs), 1):
-        say(f"[bold]ablation {i}/{len(names)}[/]: {escape(row)}")
-        res = run_chain(cfg, prepare(cfg), reporter=_sweep_reporter(progress, echo))
-        done.append(SweepPoint({"ablation": row}, res.keys, res.scores, {o.name: o.action for o in res.outcomes}))
-        write_outputs(out_dir, done, meta, title)
+    done = run_rows(names, cfgs, out_dir, sets=list(sets or []), reporter=sweep_reporter(progress, echo))
     return out_dir, done
 
 

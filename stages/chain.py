@@ -2,13 +2,15 @@
 
 Each parses its options, prepares the chain's inputs once (`ecpa status`: reads them without writing anything),
 plans once, calls the library (pipeline.chain.run, .sweep, .compare) and prints. A sweep is a grid of
-ordinary chain runs (pipeline.chain.sweep does the grid, CSV and plot), so the points share whatever their
-keys share (usually the extraction), and rerunning a sweep reuses every finished point.
+ordinary chain runs (pipeline.chain.sweep runs the points, one after another or as child processes, and
+writes the CSV, JSON and plot; this module resolves every point's config first), so the points share whatever
+their keys share (usually the extraction), and rerunning a sweep reuses every finished point.
 """
 from __future__ import annotations
 
 import json
-import re
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -23,16 +25,11 @@ from pipeline.chain.plan import prepare, read_inputs
 from pipeline.chain.run import ChainResult, chain_status, run_chain
 from pipeline.chain.specs import STAGES
 from pipeline.config import DataConfig
-from pipeline.errors import UserError
 from pipeline.records import read_record, short
-from stages._common import (CacheOpt, PresetOpt, SetOpt, out, print_random_note, random_extractors, reporter,
-                            resolve_config, user_errors)
+from stages._common import (CacheOpt, PresetOpt, ProgressOpt, SetOpt, echo_default, out, print_random_note,
+                            random_extractors, reporter, resolve_config, sweep_reporter, user_errors)
 
 STATUS_STYLE = {"fresh": "green", "stale": "yellow", "missing": "red", "partial": "magenta", "damaged": "bold red"}
-
-
-def _echo_default(text: str) -> None:
-    out.print(text, highlight=False, soft_wrap=True)
 
 
 def _scores_table(scores: dict[str, float], title: str = "scores") -> Table:
@@ -85,7 +82,6 @@ UptoOpt = Annotated[str, typer.Option("--upto", help="Last stage to run: extract
 ForceOpt = Annotated[
     Optional[list[str]], typer.Option("--force", help="Recompute this stage even when fresh (repeatable).")
 ]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars of the stages.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of a table.")]
 WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="When another process is computing a stage of this "
                                        "chain: wait for it and reuse its output (default), or stop at once naming it.")]
@@ -156,12 +152,6 @@ def status_command(
     print_random_note(rows[0]["random_weights"] if rows else [])
 
 
-def _sweep_reporter(progress: bool, echo: Callable[[str], None] | None):
-    rep = reporter(progress)
-    rep.line = echo or (lambda _t: None)
-    return rep
-
-
 def run_sweep(
     preset: str | None,
     sets: list[str] | None,
@@ -170,98 +160,29 @@ def run_sweep(
     cache: Path | None = None,
     name: str | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] | None = _echo_default,
+    echo: Callable[[str], None] | None = echo_default,
     jobs: int = 1,
     scheduler: str | None = None,
 ) -> tuple[Path, list]:
     """Run every point of the grid as a chain; write sweep.csv, sweep.json and sweep.png to
     cache/<ds>/sweeps/<name>/. Returns (that folder, the SweepPoints). `jobs` > 1 or a dask `scheduler`
-    address: the points run side by side as `ecpa run` child processes (pipeline.chain.parallel)."""
-    from pipeline.chain.sweep import SweepPoint, default_name, expand_grid, parse_grid, plot_sweep, write_csv, write_json
+    address: the points run side by side as `ecpa run` child processes (pipeline.chain.sweep.run_points)."""
+    from pipeline.chain.sweep import default_name, expand_grid, parse_grid, run_points
 
-    say = echo or (lambda _t: None)
     grid = parse_grid(grid_args)
-    fields_ = [n for n, _ in grid]
     base = resolve_config(preset, sets, cache)
-    points = expand_grid(grid)
     # resolve every point first: a bad value stops the sweep before anything runs
-    cfgs = [resolve_config(preset, list(sets or []) + [f"{k}={v}" for k, v in pt.items()], cache) for pt in points]
+    cfgs = [resolve_config(preset, list(sets or []) + [f"{k}={v}" for k, v in pt.items()], cache)
+            for pt in expand_grid(grid)]
     out_dir = sweep_dir(base.cache_dir, name or default_name(grid))
-    if jobs > 1 or scheduler:
-        return _sweep_parallel(preset, sets, cache, grid, points, cfgs, out_dir, jobs, scheduler, say)
-    done: list[SweepPoint] = []
-    for i, (pt, cfg) in enumerate(zip(points, cfgs), 1):
-        desc = ", ".join(f"{k}={v}" for k, v in pt.items())
-        say(f"[bold]sweep point {i}/{len(points)}[/]: {escape(desc)}")
-        res = run_chain(cfg, prepare(cfg), reporter=_sweep_reporter(progress, echo))
-        values = {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields_}
-        done.append(SweepPoint(values, res.keys, res.scores, {o.name: o.action for o in res.outcomes},
-                               {"dataset": cfg.data.name, "split": cfg.caption.split}))
-        write_csv(out_dir / "sweep.csv", fields_, done)
-        write_json(out_dir / "sweep.json", fields_, done,
-                   {"preset": base.preset, "sets": list(sets or []), "grid": dict(grid)})
-    plot_sweep(out_dir / "sweep.png", fields_, done, title=f"{base.preset}: {' x '.join(fields_)}")
-    return out_dir, done
-
-
-def _sweep_parallel(preset, sets, cache, grid, points, cfgs, out_dir: Path, jobs: int, scheduler: str | None,
-                    say: Callable[[str], None]) -> tuple[Path, list]:
-    """The points as `ecpa run` child processes, `jobs` at once or on a dask cluster; the stages all points
-    share are run here first, once. Failed points are named with their logs (UserError) after the finished
-    ones are written to sweep.csv/json/png."""
-    import os
-    import sys
-
-    from pipeline.chain import parallel
-    from pipeline.chain.sweep import SweepPoint, plot_sweep, write_csv, write_json
-
-    if jobs < 1:
-        raise UserError(f"--jobs {jobs}: give 1 or more")
-    fields_ = [n for n, _ in grid]
-    from pipeline.chain.plan import plan
-
-    inputs = [prepare(cfg) for cfg in cfgs]
-    plans = [plan(cfg, inp) for cfg, inp in zip(cfgs, inputs)]
-    shared = [s_ for s_ in STAGES if len({pl[s_].key for pl in plans}) == 1]
-    shared = STAGES[:next((i for i, s_ in enumerate(STAGES) if s_ not in shared), len(STAGES))]
-    if shared and shared != STAGES and plans[0][shared[-1]].status() != "fresh":
-        say(f"[bold]sweep: shared stages first[/] ({', '.join(shared)}: the same for every point)")
-        run_chain(cfgs[0], inputs[0], upto=shared[-1], reporter=_sweep_reporter(False, say))
+    # run side by side (jobs > 1, a scheduler), a point is this command's `ecpa run` in a child process that
+    # imports this checkout
     head = [sys.executable, "-m", "stages.cli", "run", "--no-progress"]
     head += (["--preset", preset] if preset else []) + (["--cache", str(cache)] if cache else [])
-    todo = []
-    for i, (pt, pl) in enumerate(zip(points, plans), 1):
-        label = ", ".join(f"{k}={v}" for k, v in pt.items())
-        sets_ = [*(sets or []), *(f"{k}={v}" for k, v in pt.items())]
-        slug = re.sub(r"[^A-Za-z0-9_.=-]", "_", "_".join(f"{k}={v}" for k, v in pt.items()))
-        todo.append(parallel.Point(i, label, head + sum((["--set", x] for x in sets_), []),
-                                   out_dir / "logs" / f"point-{i:03d}-{slug}.log", pl["score"].status() == "fresh"))
-    actions = [{s_: ("reused" if pl[s_].status() == "fresh" or s_ in shared else "run") for s_ in STAGES} for pl in plans]
     repo = str(Path(__file__).resolve().parents[1])
     env = {"PYTHONPATH": os.pathsep.join(x for x in [repo, os.environ.get("PYTHONPATH", "")] if x), "COLUMNS": "160"}
-    report = lambda text: say(escape(text))  # noqa: E731
-    outcomes = (parallel.run_dask(todo, scheduler, env=env, report=report) if scheduler
-                else parallel.run_local(todo, jobs, env=env, report=report))
-    done: list[SweepPoint] = []
-    for o, cfg, pl, act in zip(outcomes, cfgs, plans, actions):
-        if pl["score"].status() != "fresh":
-            continue
-        from pipeline.chain.compare import read_scores
-
-        values = {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields_}
-        done.append(SweepPoint(values, {s_: pl[s_].key for s_ in STAGES}, read_scores(pl["score"].out_dir),
-                               act if o.state != "reused" else {s_: "reused" for s_ in STAGES},
-                               {"dataset": cfg.data.name, "split": cfg.caption.split}))
-    if done:
-        write_csv(out_dir / "sweep.csv", fields_, done)
-        write_json(out_dir / "sweep.json", fields_, done, {"preset": cfgs[0].preset, "sets": list(sets or []),
-                                                            "grid": dict(grid)})
-        plot_sweep(out_dir / "sweep.png", fields_, done, title=f"{cfgs[0].preset}: {' x '.join(fields_)}")
-    failed = [o for o in outcomes if o.state == "failed"]
-    if failed:
-        raise UserError(f"{len(failed)} of {len(outcomes)} sweep points failed (the others are in "
-                        f"{out_dir / 'sweep.csv'}); rerun the same sweep to redo only those:\n"
-                        + "\n".join(f"  {o.point.label}: exit {o.returncode}, log {o.point.log}" for o in failed))
+    done = run_points(grid, cfgs, out_dir, sets=list(sets or []), reporter=sweep_reporter(progress, echo),
+                      jobs=jobs, scheduler=scheduler, child_argv=head, child_env=env)
     return out_dir, done
 
 

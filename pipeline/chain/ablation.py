@@ -1,17 +1,22 @@
 """The paper's ablation table (ECPA Tables IV-VI) as one CSV + Markdown table + PNG.
 
 Each row is a named ablation of `pipeline.train.loop.ABLATIONS` run as an ordinary chain (so rows share the
-extraction and any stage whose key they share); `stages/ablate.py` drives the chain, this module only
-orders the rows, and writes `ablation.csv` (through `pipeline.chain.sweep.write_csv`, one row per ablation),
-`ablation.json`, `ablation.md` and `ablation.png`.
+extraction and any stage whose key they share). This module orders the rows, runs them (`run_rows`) and
+writes `ablation.csv` (through `pipeline.chain.sweep.write_csv`, one row per ablation), `ablation.json`,
+`ablation.md` and `ablation.png`; `stages/ablate.py` resolves each row's config, calls `run_rows` and prints.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from pipeline.errors import UserError
 from pipeline.records import atomic_write_text
 from pipeline.chain.sweep import SweepPoint, metric_order, plotted_metrics, write_csv
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.progress import Reporter
 
 TABLE_ROWS: list[tuple[str, str, str]] = [
     ("IV", "baseline", "SwinBERT baseline"),
@@ -135,3 +140,32 @@ def write_outputs(out_dir: Path, points: list[SweepPoint], meta: dict, title: st
     atomic_write_text(md_path, markdown_table(points, title))
     png_path = plot_ablation(out_dir / "ablation.png", points, title)
     return {"csv": csv_path, "json": json_path, "md": md_path, "png": png_path}
+
+
+def run_rows(names: list[str], cfgs: list["Config"], out_dir: Path, *, sets: Sequence[str] = (),
+             reporter: "Reporter | None" = None) -> list[SweepPoint]:
+    """Run each ablation row as a chain, one after another, and rewrite the table files (`write_outputs`) after
+    every row, so an interrupted run keeps what finished. `names`: the rows in table order (`resolve_rows`);
+    `cfgs`: each row's config, already resolved by the caller (`sets`: the overrides common to every row, as
+    given, recorded in ablation.json). 'ablation 2/4: ...' and the stage lines go to `reporter.line`."""
+    from rich.markup import escape
+
+    from pipeline.chain.plan import prepare
+    from pipeline.chain.run import run_chain
+    from pipeline.progress import Reporter
+
+    if len(cfgs) != len(names):
+        raise ValueError(f"run_rows: {len(cfgs)} configs for {len(names)} rows")
+    if not names:
+        return []
+    reporter = reporter or Reporter()
+    base = cfgs[0]
+    meta = {"preset": base.preset, "sets": list(sets), "rows": names}
+    title = f"{base.preset}: ablations (Tables IV-VI), {base.caption.split} split"
+    done: list[SweepPoint] = []
+    for i, (row, cfg) in enumerate(zip(names, cfgs), 1):
+        reporter.line(f"[bold]ablation {i}/{len(names)}[/]: {escape(row)}")
+        res = run_chain(cfg, prepare(cfg), reporter=reporter)
+        done.append(SweepPoint({"ablation": row}, res.keys, res.scores, {o.name: o.action for o in res.outcomes}))
+        write_outputs(out_dir, done, meta, title)
+    return done

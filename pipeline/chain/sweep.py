@@ -1,10 +1,11 @@
-"""Parameter sweeps: grid expansion, the results CSV, and the paper-style plot (ECPA Figs. 6-8).
+"""Parameter sweeps: grid expansion, running the points, the results CSV, and the paper-style plot (ECPA Figs. 6-8).
 
 A sweep is a list of `section.field=v1,v2,...` arguments; their cartesian product gives the points,
-and each point is an ordinary chain run (`stages.chain.run_chain`) with those `--set` overrides, so
-everything a point shares with earlier runs (usually the extraction) is reused. This module only
-does the pure parts: parsing, expanding, and writing `sweep.csv` / `sweep.png` / `sweep.json`;
-the driving loop lives in `stages/chain.py`.
+and each point is an ordinary chain run (`pipeline.chain.run.run_chain`) with those `--set` overrides, so
+everything a point shares with earlier runs (usually the extraction) is reused. This module parses and
+expands the grid, runs the points (`run_points`: one after another in this process, or side by side as
+`ecpa run` child processes through `pipeline.chain.parallel`) and writes `sweep.csv` / `sweep.png` /
+`sweep.json`; `stages/chain.py` resolves the configs, calls `run_points` and prints the table.
 
 Plot: one panel per metric (BLEU-4, METEOR, ROUGE-L, CIDEr, emotion accuracy), the first swept
 field on x, markers and lines; with more fields, one line per value of the others.
@@ -17,11 +18,15 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pipeline.config import parse_override
 from pipeline.errors import UserError
 from pipeline.records import atomic_write_text
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
+    from pipeline.progress import Reporter
 
 # Metrics the plot shows, in panel order: (display name, the score keys that name it).
 PLOT_METRICS: list[tuple[str, tuple[str, ...]]] = [
@@ -204,3 +209,121 @@ def plot_sweep(path: Path, fields: list[str], points: list[SweepPoint], title: s
     from pipeline.records import save_figure
 
     return save_figure(fig, path, dpi=120)
+
+
+# ---- running the points --------------------------------------------------------------------------
+
+def swept_values(cfg: "Config", fields: list[str]) -> dict[str, Any]:
+    """The swept fields of a point as its resolved config types them: {'model.top_k': 2}."""
+    return {f: getattr(getattr(cfg, f.split(".")[0]), f.split(".")[1]) for f in fields}
+
+
+def run_points(grid: list[tuple[str, list[str]]], cfgs: list["Config"], out_dir: Path, *,
+               sets: Sequence[str] = (), reporter: "Reporter | None" = None, jobs: int = 1,
+               scheduler: str | None = None, child_argv: Sequence[str] | None = None,
+               child_env: dict[str, str] | None = None) -> list[SweepPoint]:
+    """Run every point of `grid` as a chain and write sweep.csv, sweep.json and sweep.png to `out_dir`.
+
+    `cfgs`: each point's config, already resolved by the caller, in `expand_grid(grid)` order (`sets`: the
+    overrides common to every point, as given, recorded in sweep.json and passed on to child processes).
+    The sweep's own lines ('sweep point 2/5: ...', the parallel tally) go to `reporter.line`, as do the stage lines.
+
+    One point after another (the default): each point is `run_chain` in this process with `reporter`, and the
+    CSV/JSON are rewritten after every point, so an interrupted sweep keeps what finished.
+
+    `jobs` > 1 or a dask `scheduler` address: the stages every point shares run here first, once (no progress
+    bars), then the unfinished points run side by side as child processes (pipeline.chain.parallel), point i
+    as `child_argv` (the `ecpa run` command line up to its options) + `--set` of `sets` and its values, with
+    `child_env` added to its environment and its output in out_dir/logs/point-NNN-<values>.log. Failed
+    points raise a UserError naming each log, after the finished ones are written."""
+    from pipeline.progress import Reporter
+
+    reporter = reporter or Reporter()
+    points = expand_grid(grid)
+    if len(cfgs) != len(points):
+        raise ValueError(f"run_points: {len(cfgs)} configs for {len(points)} grid points")
+    if jobs > 1 or scheduler:
+        if child_argv is None:
+            raise ValueError("run_points: jobs > 1 or a scheduler needs child_argv (the `ecpa run` command line)")
+        return _run_parallel(grid, points, cfgs, out_dir, list(sets), reporter, jobs, scheduler,
+                             list(child_argv), child_env)
+    from rich.markup import escape
+
+    from pipeline.chain.plan import prepare
+    from pipeline.chain.run import run_chain
+
+    fields_ = [n for n, _ in grid]
+    preset = cfgs[0].preset
+    done: list[SweepPoint] = []
+    for i, (pt, cfg) in enumerate(zip(points, cfgs), 1):
+        desc = ", ".join(f"{k}={v}" for k, v in pt.items())
+        reporter.line(f"[bold]sweep point {i}/{len(points)}[/]: {escape(desc)}")
+        res = run_chain(cfg, prepare(cfg), reporter=reporter)
+        done.append(SweepPoint(swept_values(cfg, fields_), res.keys, res.scores,
+                               {o.name: o.action for o in res.outcomes},
+                               {"dataset": cfg.data.name, "split": cfg.caption.split}))
+        write_csv(out_dir / "sweep.csv", fields_, done)
+        write_json(out_dir / "sweep.json", fields_, done, {"preset": preset, "sets": list(sets), "grid": dict(grid)})
+    plot_sweep(out_dir / "sweep.png", fields_, done, title=f"{preset}: {' x '.join(fields_)}")
+    return done
+
+
+def _run_parallel(grid: list[tuple[str, list[str]]], points: list[dict[str, str]], cfgs: list["Config"],
+                  out_dir: Path, sets: list[str], reporter: "Reporter", jobs: int, scheduler: str | None,
+                  child_argv: list[str], child_env: dict[str, str] | None) -> list[SweepPoint]:
+    """`run_points` with the points as child processes, `jobs` at once or on a dask cluster."""
+    import contextlib
+    import dataclasses
+
+    from rich.markup import escape
+
+    from pipeline.chain import parallel
+    from pipeline.chain.compare import read_scores
+    from pipeline.chain.plan import plan, prepare
+    from pipeline.chain.run import run_chain
+    from pipeline.chain.specs import STAGES
+    from pipeline.progress import quiet
+
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: give 1 or more")
+    say = reporter.line
+    fields_ = [n for n, _ in grid]
+    inputs = [prepare(cfg) for cfg in cfgs]
+    plans = [plan(cfg, inp) for cfg, inp in zip(cfgs, inputs)]
+    shared = [s_ for s_ in STAGES if len({pl[s_].key for pl in plans}) == 1]
+    shared = STAGES[:next((i for i, s_ in enumerate(STAGES) if s_ not in shared), len(STAGES))]
+    if shared and shared != STAGES and plans[0][shared[-1]].status() != "fresh":
+        say(f"[bold]sweep: shared stages first[/] ({', '.join(shared)}: the same for every point)")
+        run_chain(cfgs[0], inputs[0], upto=shared[-1],
+                  reporter=dataclasses.replace(reporter, progress=quiet,
+                                               status=lambda _text: contextlib.nullcontext()))
+    todo = []
+    for i, (pt, pl) in enumerate(zip(points, plans), 1):
+        label = ", ".join(f"{k}={v}" for k, v in pt.items())
+        sets_ = [*sets, *(f"{k}={v}" for k, v in pt.items())]
+        slug = re.sub(r"[^A-Za-z0-9_.=-]", "_", "_".join(f"{k}={v}" for k, v in pt.items()))
+        todo.append(parallel.Point(i, label, child_argv + sum((["--set", x] for x in sets_), []),
+                                   out_dir / "logs" / f"point-{i:03d}-{slug}.log", pl["score"].status() == "fresh"))
+    actions = [{s_: ("reused" if pl[s_].status() == "fresh" or s_ in shared else "run") for s_ in STAGES} for pl in plans]
+    report = lambda text: say(escape(text))  # noqa: E731
+    outcomes = (parallel.run_dask(todo, scheduler, env=child_env, report=report) if scheduler
+                else parallel.run_local(todo, jobs, env=child_env, report=report))
+    done: list[SweepPoint] = []
+    for o, cfg, pl, act in zip(outcomes, cfgs, plans, actions):
+        if pl["score"].status() != "fresh":
+            continue
+        done.append(SweepPoint(swept_values(cfg, fields_), {s_: pl[s_].key for s_ in STAGES},
+                               read_scores(pl["score"].out_dir),
+                               act if o.state != "reused" else {s_: "reused" for s_ in STAGES},
+                               {"dataset": cfg.data.name, "split": cfg.caption.split}))
+    if done:
+        write_csv(out_dir / "sweep.csv", fields_, done)
+        write_json(out_dir / "sweep.json", fields_, done, {"preset": cfgs[0].preset, "sets": sets,
+                                                            "grid": dict(grid)})
+        plot_sweep(out_dir / "sweep.png", fields_, done, title=f"{cfgs[0].preset}: {' x '.join(fields_)}")
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed:
+        raise UserError(f"{len(failed)} of {len(outcomes)} sweep points failed (the others are in "
+                        f"{out_dir / 'sweep.csv'}); rerun the same sweep to redo only those:\n"
+                        + "\n".join(f"  {o.point.label}: exit {o.returncode}, log {o.point.log}" for o in failed))
+    return done
