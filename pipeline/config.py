@@ -147,6 +147,10 @@ class ModelConfig:
     """Feed-forward width."""
     dropout: float = 0.1
     """Hidden and attention dropout."""
+    dropout_rng: str = "fast"
+    """Where the dropout masks come from: fast (16-bit slices of 64-bit random words, p rounded to 1/65536:
+    about five times cheaper on the CPU; pipeline.train.attention) or torch (torch's one draw per element, as
+    SwinBERT's nn.Dropout and SDPA). Same distribution, different draws for one seed."""
     max_caption_len: int = 50
     """Caption tokens in training, [CLS] and [SEP] included."""
     video_proj: int = 512
@@ -240,6 +244,10 @@ class TrainConfig:
     recent torch); the for-each implementation elsewhere. Same update up to float rounding."""
     device: str = knob("auto")
     """auto, cpu or cuda[:n]."""
+    keep_cpu_heap: bool = knob(True)
+    """On the CPU, keep freed memory in the process heap for the next tensor instead of glibc's fresh mapping
+    per large tensor (pipeline.device.keep_cpu_heap): no page faults on every attention buffer; the process
+    keeps its peak memory until it ends."""
     num_workers: int = knob(0)
     """DataLoader workers."""
     log_every: int = knob(10)

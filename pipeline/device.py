@@ -48,3 +48,32 @@ def to_device(batch: dict, device: torch.device) -> dict:
     import torch
 
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc <malloc.h> mallopt parameters
+_heap_kept = False
+
+
+def keep_cpu_heap() -> bool:
+    """Serve every CPU tensor from the process heap and keep freed memory there for the next one (glibc:
+    `mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, -1)`). By default glibc maps each allocation above
+    32 MiB afresh and unmaps it when freed, so every (B, heads, L, L) attention buffer of a training step costs
+    its page faults again, in every layer, forward and backward: at MAFW shapes about a fifth of a CPU step,
+    and worse with two threads (`make bench` shows it). The process then keeps its peak memory until it ends,
+    which a training or decoding run does anyway. True when set (now or before); False where the C library is
+    not glibc, which changes nothing else."""
+    global _heap_kept
+    if _heap_kept:
+        return True
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        _heap_kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, -1))
+    except (OSError, AttributeError):
+        return False
+    return _heap_kept

@@ -46,6 +46,7 @@ from pipeline.train.losses import (
     AU_LOSSES, ER_LOSSES, LossWeights, compute_losses, emotion_readout, fixed_weights, mask_tokens, task_losses,
     total_loss,
 )
+from pipeline.train.attention import DROPOUT_RNGS
 from pipeline.train.model import ECPA, SENTENCE_PROMPTS, SPARSE_MASKS, build_model
 from pipeline.progress import quiet
 from pipeline.records import atomic_write_text, save_figure
@@ -102,6 +103,8 @@ def check_config(cfg: Config) -> None:
                         "model.use_er_prompt and model.use_class_tokens")
     if m.sparse_mask not in SPARSE_MASKS:
         raise UserError(f"model.sparse_mask={m.sparse_mask!r}: one of {', '.join(SPARSE_MASKS)}")
+    if m.dropout_rng not in DROPOUT_RNGS:
+        raise UserError(f"model.dropout_rng={m.dropout_rng!r}: one of {', '.join(DROPOUT_RNGS)}")
     if m.sentence_prompt not in SENTENCE_PROMPTS:
         raise UserError(f"model.sentence_prompt={m.sentence_prompt!r}: one of {', '.join(SENTENCE_PROMPTS)}")
     if t.weighting not in ("dwa", "fixed"):
@@ -114,7 +117,7 @@ def check_config(cfg: Config) -> None:
 
 # ------------------------------------------------------------------ devices, precision, distributed
 
-from pipeline.device import autocast_dtype, resolve_device, to_device  # noqa: E402,F401  (one home)
+from pipeline.device import autocast_dtype, keep_cpu_heap, resolve_device, to_device  # noqa: E402,F401  (one home)
 
 
 def dist_env() -> tuple[int, int, int]:
@@ -434,6 +437,8 @@ def _setup(cfg: Config, store_path, clips: list, run_dir: Path, resume: bool, ex
     tc, mc = cfg.train, cfg.model
     rank, world, local_rank = dist_env()
     device = resolve_device(tc.device, local_rank)
+    if device.type == "cpu" and tc.keep_cpu_heap:
+        keep_cpu_heap()
     distributed = init_distributed(device)
     t_start = time.time()
     shapes, train_refs, val_refs, skipped, load, source = _open_data(cfg, store_path, clips, expect_shapes, rank, note)

@@ -57,7 +57,7 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertEncoder
 
 from pipeline.config import ModelConfig
-from pipeline.train.attention import ATTENTION_NAME
+from pipeline.train.attention import ATTENTION_NAME, DROPOUT_RNGS, Dropout16
 
 SPARSE_MASKS = ("swinbert", "logsigmoid")
 SENTENCE_PROMPTS = ("caption", "context")
@@ -108,6 +108,8 @@ class ECPA(nn.Module):
             raise ValueError(f"model.sparse_mask={cfg.sparse_mask!r}: one of {', '.join(SPARSE_MASKS)}")
         if cfg.sentence_prompt not in SENTENCE_PROMPTS:
             raise ValueError(f"model.sentence_prompt={cfg.sentence_prompt!r}: one of {', '.join(SENTENCE_PROMPTS)}")
+        if cfg.dropout_rng not in DROPOUT_RNGS:
+            raise ValueError(f"model.dropout_rng={cfg.dropout_rng!r}: one of {', '.join(DROPOUT_RNGS)}")
         if emotion_readout not in EMOTION_READOUTS:
             raise ValueError(f"emotion_readout={emotion_readout!r}: one of {', '.join(EMOTION_READOUTS)}")
         self.emotion_readout = emotion_readout
@@ -150,6 +152,8 @@ class ECPA(nn.Module):
         )
 
         self.encoder = BertEncoder(self.bert_config)
+        for layer in self.encoder.layer:   # read by pipeline.train.attention's core
+            layer.attention.self.dropout_rng = cfg.dropout_rng
         self.grad_checkpoint = False
         """Recompute each layer's activations in the backward pass (train.grad_checkpoint): less memory."""
 
@@ -162,6 +166,11 @@ class ECPA(nn.Module):
         self.apply(self._init_weights)
         if self.sparse_logits is not None:
             nn.init.normal_(self.sparse_logits, 0.0, 1.0)   # SwinBERT: nn.Embedding's N(0, 1)
+        if cfg.dropout_rng == "fast":   # every hidden dropout draws its mask as the attention core does
+            for mod in list(self.modules()):
+                for name, child in mod.named_children():
+                    if type(child) is nn.Dropout:
+                        setattr(mod, name, Dropout16(child.p))
 
     # ------------------------------------------------------------------ init
     def _init_weights(self, m: nn.Module) -> None:

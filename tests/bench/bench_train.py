@@ -4,12 +4,16 @@ tokens, 12 layers x 768) with steps/s, peak memory and utilisation.
 
 Utilisation = achieved FLOP/s of the training step (useful FLOPs: one forward + backward + update counted by
 torch.utils.flop_counter on an extra step with gradient checkpointing off, so a checkpointed run's recompute is
-not counted as work; times the median steps/s over the timed steps) over this machine's dense matmul FLOP/s in the step's
-compute dtype, measured in the same process. The MLM masking is done before the clock starts, as the training
+not counted as work; times the median steps/s over the timed steps, after one untimed warm-up step at MAFW
+shapes, which allocates the optimiser state and grows the heap) over this machine's dense matmul FLOP/s in the
+step's compute dtype, measured in the same process. On the CPU the step runs as the training loop runs it: the
+heap kept (train.keep_cpu_heap; `--system-heap` for glibc's default) and the model's dropout masks
+(model.dropout_rng; `--dropout-rng torch` for torch's draws). The MLM masking is done before the clock starts, as the training
 loader's workers do it (`MaskedPairs`), so the step timed is the step `pipeline.train.loop` runs.
 
     .venv/bin/python -m tests.bench.bench_train [--steps 6] [--clips 24]
     .venv/bin/python -m tests.bench.bench_train --mafw-shapes [--batch 4] [--steps 2] [--grad-checkpoint]
+                                                [--system-heap] [--dropout-rng torch]
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import time
 
 import numpy as np
 import torch
+
+from pipeline.device import keep_cpu_heap
 
 UTILISATION_TARGET = 0.65
 """Issue 16: achieved / matmul FLOP/s at MAFW shapes, batch >= 4, on this CPU with 1 thread."""
@@ -65,11 +71,15 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def timed_steps(model, opt, batches: list[dict], tcfg, device, amp) -> tuple[list[float], float]:
-    """(seconds of each step over `batches`, peak memory in GiB after them). The first step also allocates the
-    optimiser state: the median over the steps is the figure."""
+def timed_steps(model, opt, batches: list[dict], tcfg, device, amp, warmup: int = 0) -> tuple[list[float], float]:
+    """(seconds of each step over `batches` after the first `warmup` ones, peak memory in GiB after them all).
+    The first step also allocates the optimiser state and grows the heap: the median over the timed steps is
+    the figure."""
     times = []
-    for b in batches:
+    for b in batches[:warmup]:
+        with amp:
+            _step(model, opt, b, tcfg, device)
+    for b in batches[warmup:]:
         with amp:
             _sync(device)
             t = time.perf_counter()
@@ -152,6 +162,8 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
     refs, _ = match_clips(g, store, manifest, ("train",))
     tok = train_wordpiece([c for r in refs for c in r.captions], cfg.model.vocab_size)
     device = torch.device("cpu")
+    if cfg.train.keep_cpu_heap:   # as pipeline.train.loop does on the CPU (both sides of the ratio run here)
+        keep_cpu_heap()
     torch.manual_seed(0)
     model = build_model(cfg.model, tok, num_emotions=len(cfg.data.emotions), shapes=shapes).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -209,12 +221,16 @@ def projected_gpu_gib_per_clip(cfg, tokens: int, caption: int = 50, masked: int 
     return (kept + one_layer + bias_grad + mlm) / 2**30
 
 
-def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
+def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False, system_heap: bool = False,
+                dropout_rng: str | None = None) -> dict:
+    """`system_heap`: glibc's default allocation (train.keep_cpu_heap=false), the baseline of the heap row;
+    `dropout_rng`: model.dropout_rng (default the preset's)."""
     from pipeline.config import load_config
     from pipeline.train.model import ECPA
 
-    cfg = load_config("mafw")
+    cfg = load_config("mafw", [f"model.dropout_rng={dropout_rng}"] if dropout_rng else [])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    heap_kept = device.type == "cpu" and not system_heap and keep_cpu_heap()
     torch.manual_seed(0)
     model = ECPA(cfg.model, vocab_size=30522, cls_id=101, sep_id=102, mask_id=103, pad_id=0, num_emotions=11,
                  video_tokens=784, video_channels=1024).to(device).train()
@@ -225,8 +241,8 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
         special_ids, mask_id, vocab_size, pad_id = frozenset({0, 100, 101, 102, 103}), 103, 30522, 0
 
     B = batch
-    batches = []   # batches[0] is counted (flop_counter) after the timed steps over the others
-    for s in range(steps + 1):
+    batches = []   # batches[0] is counted (flop_counter) after the others: batches[1] warms up, the rest are timed
+    for s in range(steps + 2):
         g = torch.Generator().manual_seed(s)
         ids = torch.randint(1000, 30000, (B, 50), generator=g)
         ids[:, 0], ids[:, -1] = 101, 102
@@ -236,15 +252,17 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False) -> dict:
             "emotion": torch.randint(0, 11, (B,), generator=g), "input_ids": ids}, Tok, seed=s))
     bf16 = device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-    times, gib = timed_steps(model, opt, batches[1:], cfg.train, device, amp)
+    times, gib = timed_steps(model, opt, batches[1:], cfg.train, device, amp, warmup=1)
     util = utilisation(count_flops(model, opt, batches[0], cfg.train, device, amp), times, matmul_flops_per_s(device))
     mem = f"{'CUDA max allocated' if bf16 else 'CPU peak RSS'} {gib:.2f} GiB"
     res = {"peak_memory": mem, "peak_gib": gib, "batch": B, "device": str(device), "grad_checkpoint": grad_checkpoint,
            "dtype": "bf16" if bf16 else "fp32", "load_avg_1m": _load(), "threads": torch.get_num_threads(),
+           "heap_kept": heap_kept, "dropout_rng": cfg.model.dropout_rng,
            "projected_gpu_gib_per_clip": projected_gpu_gib_per_clip(cfg, 784), **util}
     print(f"MAFW shapes: 784x1024 video tokens, 12 layers x 768, batch {B}, {device} x{res['threads']}, grad "
-          f"checkpointing {'on' if grad_checkpoint else 'off'}: {util['steps_per_s']:.3f} steps/s (median of "
-          f"{len(times)}), {mem} (load average {res['load_avg_1m']})")
+          f"checkpointing {'on' if grad_checkpoint else 'off'}, heap {'kept' if heap_kept else 'glibc default'}, "
+          f"dropout masks {cfg.model.dropout_rng}: {util['steps_per_s']:.3f} steps/s (median of "
+          f"{len(times)} after a warm-up step), {mem} (load average {res['load_avg_1m']})")
     _print_util(util)
     return res
 
@@ -256,10 +274,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--mafw-shapes", action="store_true")
     ap.add_argument("--grad-checkpoint", action="store_true", help="train.grad_checkpoint on (MAFW shapes)")
+    ap.add_argument("--system-heap", action="store_true", help="glibc's default allocation, train.keep_cpu_heap=false "
+                    "(MAFW shapes: the baseline of the kept heap)")
+    ap.add_argument("--dropout-rng", choices=["fast", "torch"], default=None, help="model.dropout_rng (MAFW shapes)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2 if not torch.cuda.is_available() else 16)))
     if a.mafw_shapes:
-        return mafw_shapes(a.steps or 2, a.batch, a.grad_checkpoint)
+        return mafw_shapes(a.steps or 2, a.batch, a.grad_checkpoint, a.system_heap, a.dropout_rng)
     return cached_vs_e2e(a.steps or 6, a.clips)
 
 
