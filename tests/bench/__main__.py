@@ -222,6 +222,9 @@ def rows_train_mafw(r: dict) -> list[Row]:
     b = need(r, "batch")
     ckpt = ", gradient checkpointing" if r.get("grad_checkpoint") else ""
     dev = f"{r.get('device', '?')}, {r.get('dtype', 'fp32')}"
+    base = _is_step_baseline(r)
+    if base:
+        dev += ", glibc's default heap and torch's dropout draws: the baseline"
     rows = [
         Row(what=f"peak memory of training at MAFW shapes, batch {b}{ckpt} ({dev})", figure=gib,
             unit="GiB", target=REPORT, detail="; ".join(x for x in (mem, _load_note(r)) if x),
@@ -231,7 +234,7 @@ def rows_train_mafw(r: dict) -> list[Row]:
             detail=_load_note(r), bench="bench_train --mafw-shapes"),
     ]
     if "utilisation" in r:   # the ratio column is the utilisation: achieved FLOP/s over the matmul rate
-        carries = b >= 4 and not ckpt    # the target's row: checkpointing's recompute is not useful work
+        carries = b >= 4 and not ckpt and not base   # the target's row: checkpointing's recompute is not useful work
         note = (" (the target's row)" if carries else
                 " (reported: the recompute costs time, not useful FLOPs; the target is on the row without "
                 "checkpointing)" if ckpt and b >= 4 else "")
@@ -245,6 +248,11 @@ def rows_train_mafw(r: dict) -> list[Row]:
             detail=f"{need(r, 'flops_per_step') / 1e9:.0f} GFLOP per step; " + _load_note(r),
             bench="bench_train --mafw-shapes"))
     return rows
+
+
+def _is_step_baseline(r: dict) -> bool:
+    """A MAFW-shaped step run as before issue 16's CPU step work: glibc's default heap or torch's dropout draws."""
+    return r.get("heap_kept") is False or r.get("dropout_rng") == "torch"
 
 
 def rows_extract(r: dict) -> list[Row]:
@@ -329,6 +337,10 @@ def train_decode_specs() -> list[Spec]:
              rows_train_mafw, 480, "training at MAFW shapes, batch 4, gradient checkpointing (CPU): memory"),
         Spec("train_mafw_b4_full", "bench_train", ["--mafw-shapes", "--batch", "4", "--steps", "2"],
              rows_train_mafw, 480, "training at MAFW shapes, batch 4, no checkpointing (CPU): utilisation"),
+        Spec("train_mafw_b4_base", "bench_train", ["--mafw-shapes", "--batch", "4", "--steps", "2", "--system-heap",
+                                                   "--dropout-rng", "torch"],
+             rows_train_mafw, 480, "the same step with glibc's default heap and torch's dropout draws (CPU): the "
+             "baseline of the kept heap and the fast masks"),
     ]
 
 
@@ -353,17 +365,18 @@ def derived_rows(results: dict[str, dict]) -> list[Row]:
     with gradient checkpointing, from the peaks at two batch sizes (peak = fixed + per-clip x batch: weights,
     optimiser state and libraries are the fixed part; activations grow linearly with the batch), the batch-32
     estimate, and the projected GPU figure."""
+    rows = _step_speedup_rows(results)
     a, b = results.get("train_mafw"), results.get("train_mafw_b4")
     if not a or not b:
-        return []
+        return rows
     ba, bb = need(a, "batch"), need(b, "batch")
     if ba == bb:
-        return []
+        return rows
     ga, gb = peak_gib(a), peak_gib(b)
     per_clip = (gb - ga) / (bb - ba)
     est = ga + per_clip * (32 - ba)
     ckpt = "with gradient checkpointing" if a.get("grad_checkpoint") and b.get("grad_checkpoint") else "no checkpointing"
-    rows = [Row(what=f"peak memory per clip of training at MAFW shapes, {ckpt} (CPU): slope between batches {ba} "
+    rows += [Row(what=f"peak memory per clip of training at MAFW shapes, {ckpt} (CPU): slope between batches {ba} "
                      f"and {bb}", figure=per_clip, unit="GiB", target=under(MEMORY_PER_CLIP_TARGET, "GiB"),
                 detail=f"{ga:.2f} GiB at batch {ba}, {gb:.2f} GiB at batch {bb}; batch 32 estimated at {est:.1f} GiB",
                 bench="bench_train --mafw-shapes")]
@@ -374,6 +387,20 @@ def derived_rows(results: dict[str, dict]) -> list[Row]:
                         detail=f"batch 32 ~ {32 * b['projected_gpu_gib_per_clip']:.1f} GiB of activations plus "
                                "weights and AdamW state", bench="bench_train --mafw-shapes"))
     return rows
+
+
+def _step_speedup_rows(results: dict[str, dict]) -> list[Row]:
+    """The MAFW-shaped step as the loop runs it (heap kept, fast dropout masks) over the same step with glibc's
+    default heap and torch's dropout draws, same batches, same run."""
+    new, old = results.get("train_mafw_b4_full"), results.get("train_mafw_b4_base")
+    if not new or not old or _is_step_baseline(new) or not _is_step_baseline(old):
+        return []
+    return [Row(what=f"training steps/s at MAFW shapes, batch {need(new, 'batch')} (CPU): heap kept "
+                     "(train.keep_cpu_heap) and fast dropout masks (model.dropout_rng=fast) vs glibc's default heap "
+                     "and torch's draws", figure=need(new, "steps_per_s"), unit="steps/s", higher_is_better=True,
+                baseline=need(old, "steps_per_s"), baseline_what="glibc default heap, torch dropout draws",
+                target=REPORT, detail=f"{_load_note(new)}; baseline {_load_note(old)}",
+                bench="bench_train --mafw-shapes [--system-heap --dropout-rng torch]")]
 
 
 GPU_SPECS = [

@@ -213,3 +213,20 @@ def test_memory_per_clip_is_the_slope_between_two_batches():
     assert rows[1].figure == pytest.approx(0.1) and rows[1].holds == "n/a"
     assert bench.derived_rows({"train_mafw": a, "train_mafw_b4": {**b, "peak_memory": "CPU peak RSS 9.0 GiB"}})[0].holds == "no"
     assert bench.derived_rows({"train_mafw": a}) == []      # one point: no estimate, no invented number
+
+
+def test_step_baseline_rows_never_carry_the_target_and_the_speedup_row_compares_like_with_like():
+    """The glibc-heap / torch-draws run is the baseline: its utilisation row is reported, not judged; the derived
+    speedup row is the loop's step over that baseline, and is absent when either side is missing or mislabelled."""
+    r = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 6.0 GiB", "batch": 4, "device": "cpu",
+         "flops_per_step": 600e9, "matmul_flops_per_s": 80e9, "step_s": [10.0, 10.0], "load_avg_1m": 1.0,
+         "utilisation": 0.75, "heap_kept": True, "dropout_rng": "fast"}
+    base = {**r, "steps_per_s": 0.08, "heap_kept": False, "dropout_rng": "torch"}
+    assert bench.rows_train_mafw(r)[2].holds == "yes"
+    b = bench.rows_train_mafw(base)
+    assert b[2].holds == "n/a" and "baseline" in b[0].what
+    assert bench.rows_train_mafw({**r, "dropout_rng": "torch"})[2].holds == "n/a"     # either switch makes it one
+    rows = bench.derived_rows({"train_mafw_b4_full": r, "train_mafw_b4_base": base})
+    assert len(rows) == 1 and rows[0].ratio == pytest.approx(1.25) and rows[0].holds == "n/a"
+    assert bench.derived_rows({"train_mafw_b4_full": r}) == []
+    assert bench.derived_rows({"train_mafw_b4_full": base, "train_mafw_b4_base": r}) == []   # sides swapped
