@@ -432,12 +432,18 @@ def _wrap(model: ECPA, tc, device: torch.device, distributed: bool) -> nn.Module
     return net
 
 
+def keeps_cpu_heap(tc, device: torch.device) -> bool:
+    """Whether a run keeps freed memory in the process heap (train.keep_cpu_heap): on the CPU, and not with
+    gradient checkpointing, which asks for memory over speed (the kept heap fragments under its recompute)."""
+    return device.type == "cpu" and bool(tc.keep_cpu_heap) and not tc.grad_checkpoint
+
+
 def _setup(cfg: Config, store_path, clips: list, run_dir: Path, resume: bool, expect_shapes, note) -> _Run:
     """Data, tokenizer, model, optimiser, schedule, loss weighting, loaders: the run before its first step."""
     tc, mc = cfg.train, cfg.model
     rank, world, local_rank = dist_env()
     device = resolve_device(tc.device, local_rank)
-    if device.type == "cpu" and tc.keep_cpu_heap:
+    if keeps_cpu_heap(tc, device):
         keep_cpu_heap()
     distributed = init_distributed(device)
     t_start = time.time()

@@ -251,8 +251,10 @@ def rows_train_mafw(r: dict) -> list[Row]:
 
 
 def _is_step_baseline(r: dict) -> bool:
-    """A MAFW-shaped step run as before issue 16's CPU step work: glibc's default heap or torch's dropout draws."""
-    return r.get("heap_kept") is False or r.get("dropout_rng") == "torch"
+    """A MAFW-shaped step run as before issue 16's CPU step work: glibc's default heap asked for (--system-heap)
+    or torch's dropout draws. A checkpointed run also has glibc's heap (train.keep_cpu_heap is not applied with
+    checkpointing) but is not a baseline."""
+    return bool(r.get("system_heap")) or r.get("dropout_rng") == "torch"
 
 
 def rows_extract(r: dict) -> list[Row]:

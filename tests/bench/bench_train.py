@@ -230,7 +230,8 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False, system_he
 
     cfg = load_config("mafw", [f"model.dropout_rng={dropout_rng}"] if dropout_rng else [])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    heap_kept = device.type == "cpu" and not system_heap and keep_cpu_heap()
+    # as pipeline.train.loop does: the heap is kept on the CPU, not with checkpointing (train.keep_cpu_heap)
+    heap_kept = device.type == "cpu" and not system_heap and not grad_checkpoint and keep_cpu_heap()
     torch.manual_seed(0)
     model = ECPA(cfg.model, vocab_size=30522, cls_id=101, sep_id=102, mask_id=103, pad_id=0, num_emotions=11,
                  video_tokens=784, video_channels=1024).to(device).train()
@@ -257,7 +258,7 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False, system_he
     mem = f"{'CUDA max allocated' if bf16 else 'CPU peak RSS'} {gib:.2f} GiB"
     res = {"peak_memory": mem, "peak_gib": gib, "batch": B, "device": str(device), "grad_checkpoint": grad_checkpoint,
            "dtype": "bf16" if bf16 else "fp32", "load_avg_1m": _load(), "threads": torch.get_num_threads(),
-           "heap_kept": heap_kept, "dropout_rng": cfg.model.dropout_rng,
+           "heap_kept": heap_kept, "system_heap": system_heap, "dropout_rng": cfg.model.dropout_rng,
            "projected_gpu_gib_per_clip": projected_gpu_gib_per_clip(cfg, 784), **util}
     print(f"MAFW shapes: 784x1024 video tokens, 12 layers x 768, batch {B}, {device} x{res['threads']}, grad "
           f"checkpointing {'on' if grad_checkpoint else 'off'}, heap {'kept' if heap_kept else 'glibc default'}, "

@@ -221,8 +221,10 @@ def test_step_baseline_rows_never_carry_the_target_and_the_speedup_row_compares_
     r = {"steps_per_s": 0.1, "peak_memory": "CPU peak RSS 6.0 GiB", "batch": 4, "device": "cpu",
          "flops_per_step": 600e9, "matmul_flops_per_s": 80e9, "step_s": [10.0, 10.0], "load_avg_1m": 1.0,
          "utilisation": 0.75, "heap_kept": True, "dropout_rng": "fast"}
-    base = {**r, "steps_per_s": 0.08, "heap_kept": False, "dropout_rng": "torch"}
+    base = {**r, "steps_per_s": 0.08, "heap_kept": False, "system_heap": True, "dropout_rng": "torch"}
     assert bench.rows_train_mafw(r)[2].holds == "yes"
+    ckpt = bench.rows_train_mafw({**r, "grad_checkpoint": True, "heap_kept": False, "system_heap": False})
+    assert "baseline" not in ckpt[0].what and "gradient checkpointing" in ckpt[0].what   # glibc heap, not a baseline
     b = bench.rows_train_mafw(base)
     assert b[2].holds == "n/a" and "baseline" in b[0].what
     assert bench.rows_train_mafw({**r, "dropout_rng": "torch"})[2].holds == "n/a"     # either switch makes it one
