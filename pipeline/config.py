@@ -9,7 +9,6 @@ Presets live in `pipeline/configs/<name>.yaml`; `load_config("mafw", ["train.lr=
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
