@@ -54,6 +54,13 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4   # glibc <malloc.h> mallopt parameters
 _heap_kept = False
 
 
+def is_glibc() -> bool:
+    """Linux with glibc: where keep_cpu_heap can set the C library's allocation (mallopt)."""
+    import platform
+
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_cpu_heap() -> bool:
     """Serve every CPU tensor from the process heap and keep freed memory there for the next one (glibc:
     `mallopt(M_MMAP_MAX, 0)`, `mallopt(M_TRIM_THRESHOLD, -1)`). By default glibc maps each allocation above
@@ -67,9 +74,8 @@ def keep_cpu_heap() -> bool:
         return True
     import ctypes
     import ctypes.util
-    import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not is_glibc():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -6,8 +6,8 @@ Each benchmark module (tests/bench/bench_*.py, `main(argv) -> dict`) runs in its
 crash, an out-of-memory kill or a hang is caught, and `ru_maxrss` peaks are the benchmark's own), with modest
 sizes so that the whole run fits about twenty minutes on 2 CPU cores (the four MAFW-shaped training runs take
 nine of them). Its returned dict is turned into table rows: figure, baseline measured in the same child,
-ratio (times better than baseline), target, holds. A benchmark that fails, times out, is missing, or returns a dict without the expected keys becomes an error row: never
-silently dropped. Writes bench/results.md and bench/results.json (bench/ is git-ignored) and prints the table.
+ratio (times better than baseline), target, holds. A benchmark that fails, times out, is missing, or returns a
+dict without the expected keys becomes an error row: never silently dropped. Writes bench/results.md and bench/results.json (bench/ is git-ignored) and prints the table.
 """
 from __future__ import annotations
 

@@ -7,13 +7,14 @@ torch.utils.flop_counter on an extra step with gradient checkpointing off, so a 
 not counted as work; times the median steps/s over the timed steps, after one untimed warm-up step at MAFW
 shapes, which allocates the optimiser state and grows the heap) over this machine's dense matmul FLOP/s in the
 step's compute dtype, measured in the same process. On the CPU the step runs as the training loop runs it: the
-heap kept (train.keep_cpu_heap; `--system-heap` for glibc's default) and the model's dropout masks
-(model.dropout_rng; `--dropout-rng torch` for torch's draws). The MLM masking is done before the clock starts, as the training
-loader's workers do it (`MaskedPairs`), so the step timed is the step `pipeline.train.loop` runs.
+heap kept without checkpointing (train.keep_cpu_heap; `--system-heap` for glibc's default) and the model's
+dropout masks (model.dropout_rng; `--dropout-rng torch` for torch's draws); `--compile` is train.compile. The MLM
+masking is done before the clock starts, as the training loader's workers do it (`MaskedPairs`), so the step
+timed is the step `pipeline.train.loop` runs.
 
     .venv/bin/python -m tests.bench.bench_train [--steps 6] [--clips 24]
     .venv/bin/python -m tests.bench.bench_train --mafw-shapes [--batch 4] [--steps 2] [--grad-checkpoint]
-                                                [--system-heap] [--dropout-rng torch]
+                                                [--system-heap] [--dropout-rng torch] [--compile]
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 from pipeline.device import keep_cpu_heap
+from pipeline.train.loop import keeps_cpu_heap
 
 UTILISATION_TARGET = 0.65
 """Issue 16: achieved / matmul FLOP/s at MAFW shapes, batch >= 4, on this CPU with 1 thread."""
@@ -53,12 +55,13 @@ def prepare(batch: dict, tok, seed: int = 0) -> dict:
     return out
 
 
-def _step(model, opt, batch, tcfg, device) -> None:
-    """One training step as `pipeline.train.loop._train_step` runs it (fixed unit weights)."""
+def _step(model, opt, batch, tcfg, device, net=None) -> None:
+    """One training step as `pipeline.train.loop._train_step` runs it (fixed unit weights): the forward through
+    `net` (the torch.compile'd model with train.compile; default the model), the losses from the model."""
     from pipeline.train.losses import compute_losses, task_losses, total_loss
 
     batch = {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)}
-    out = model(batch, batch["masked_ids"], batch["mlm_labels"])
+    out = (model if net is None else net)(batch, batch["masked_ids"], batch["mlm_labels"])
     loss = total_loss(compute_losses(out, batch, tcfg, model), {k: 1.0 for k in task_losses(tcfg)},
                       tcfg.lambda_sparse)
     opt.zero_grad(set_to_none=True)
@@ -71,19 +74,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def timed_steps(model, opt, batches: list[dict], tcfg, device, amp, warmup: int = 0) -> tuple[list[float], float]:
+def timed_steps(model, opt, batches: list[dict], tcfg, device, amp, warmup: int = 0,
+                net=None) -> tuple[list[float], float]:
     """(seconds of each step over `batches` after the first `warmup` ones, peak memory in GiB after them all).
     The first step also allocates the optimiser state and grows the heap: the median over the timed steps is
     the figure."""
     times = []
     for b in batches[:warmup]:
         with amp:
-            _step(model, opt, b, tcfg, device)
+            _step(model, opt, b, tcfg, device, net)
     for b in batches[warmup:]:
         with amp:
             _sync(device)
             t = time.perf_counter()
-            _step(model, opt, b, tcfg, device)
+            _step(model, opt, b, tcfg, device, net)
             _sync(device)
         times.append(time.perf_counter() - t)
     return times, _peak_gib(device)
@@ -162,7 +166,7 @@ def cached_vs_e2e(steps: int, clips: int) -> dict:
     refs, _ = match_clips(g, store, manifest, ("train",))
     tok = train_wordpiece([c for r in refs for c in r.captions], cfg.model.vocab_size)
     device = torch.device("cpu")
-    if cfg.train.keep_cpu_heap:   # as pipeline.train.loop does on the CPU (both sides of the ratio run here)
+    if keeps_cpu_heap(cfg.train, device):   # as pipeline.train.loop does (both sides of the ratio run here)
         keep_cpu_heap()
     torch.manual_seed(0)
     model = build_model(cfg.model, tok, num_emotions=len(cfg.data.emotions), shapes=shapes).train()
@@ -222,16 +226,18 @@ def projected_gpu_gib_per_clip(cfg, tokens: int, caption: int = 50, masked: int 
 
 
 def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False, system_heap: bool = False,
-                dropout_rng: str | None = None) -> dict:
+                dropout_rng: str | None = None, compile: bool = False) -> dict:
     """`system_heap`: glibc's default allocation (train.keep_cpu_heap=false), the baseline of the heap row;
-    `dropout_rng`: model.dropout_rng (default the preset's)."""
+    `dropout_rng`: model.dropout_rng (default the preset's); `compile`: train.compile, the forward through
+    torch.compile (the warm-up step pays the compilation; FLOPs counted on the eager model, the same maths)."""
     from pipeline.config import load_config
     from pipeline.train.model import ECPA
 
-    cfg = load_config("mafw", [f"model.dropout_rng={dropout_rng}"] if dropout_rng else [])
+    cfg = load_config("mafw", [f"train.grad_checkpoint={grad_checkpoint}", f"train.keep_cpu_heap={not system_heap}",
+                               f"train.compile={compile}"]
+                      + ([f"model.dropout_rng={dropout_rng}"] if dropout_rng else []))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # as pipeline.train.loop does: the heap is kept on the CPU, not with checkpointing (train.keep_cpu_heap)
-    heap_kept = device.type == "cpu" and not system_heap and not grad_checkpoint and keep_cpu_heap()
+    heap_kept = keeps_cpu_heap(cfg.train, device) and keep_cpu_heap()   # as pipeline.train.loop decides
     torch.manual_seed(0)
     model = ECPA(cfg.model, vocab_size=30522, cls_id=101, sep_id=102, mask_id=103, pad_id=0, num_emotions=11,
                  video_tokens=784, video_channels=1024).to(device).train()
@@ -253,16 +259,18 @@ def mafw_shapes(steps: int, batch: int, grad_checkpoint: bool = False, system_he
             "emotion": torch.randint(0, 11, (B,), generator=g), "input_ids": ids}, Tok, seed=s))
     bf16 = device.type == "cuda"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-    times, gib = timed_steps(model, opt, batches[1:], cfg.train, device, amp, warmup=1)
+    net = torch.compile(model) if cfg.train.compile else None      # as pipeline.train.loop._wrap does
+    times, gib = timed_steps(model, opt, batches[1:], cfg.train, device, amp, warmup=1, net=net)
     util = utilisation(count_flops(model, opt, batches[0], cfg.train, device, amp), times, matmul_flops_per_s(device))
     mem = f"{'CUDA max allocated' if bf16 else 'CPU peak RSS'} {gib:.2f} GiB"
     res = {"peak_memory": mem, "peak_gib": gib, "batch": B, "device": str(device), "grad_checkpoint": grad_checkpoint,
            "dtype": "bf16" if bf16 else "fp32", "load_avg_1m": _load(), "threads": torch.get_num_threads(),
            "heap_kept": heap_kept, "system_heap": system_heap, "dropout_rng": cfg.model.dropout_rng,
+           "compiled": cfg.train.compile,
            "projected_gpu_gib_per_clip": projected_gpu_gib_per_clip(cfg, 784), **util}
     print(f"MAFW shapes: 784x1024 video tokens, 12 layers x 768, batch {B}, {device} x{res['threads']}, grad "
           f"checkpointing {'on' if grad_checkpoint else 'off'}, heap {'kept' if heap_kept else 'glibc default'}, "
-          f"dropout masks {cfg.model.dropout_rng}: {util['steps_per_s']:.3f} steps/s (median of "
+          f"dropout masks {cfg.model.dropout_rng}{', torch.compile' if cfg.train.compile else ''}: {util['steps_per_s']:.3f} steps/s (median of "
           f"{len(times)} after a warm-up step), {mem} (load average {res['load_avg_1m']})")
     _print_util(util)
     return res
@@ -278,10 +286,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--system-heap", action="store_true", help="glibc's default allocation, train.keep_cpu_heap=false "
                     "(MAFW shapes: the baseline of the kept heap)")
     ap.add_argument("--dropout-rng", choices=["fast", "torch"], default=None, help="model.dropout_rng (MAFW shapes)")
+    ap.add_argument("--compile", action="store_true", help="train.compile: torch.compile the forward (MAFW shapes)")
     a = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2 if not torch.cuda.is_available() else 16)))
     if a.mafw_shapes:
-        return mafw_shapes(a.steps or 2, a.batch, a.grad_checkpoint, a.system_heap, a.dropout_rng)
+        return mafw_shapes(a.steps or 2, a.batch, a.grad_checkpoint, a.system_heap, a.dropout_rng, a.compile)
     return cached_vs_e2e(a.steps or 6, a.clips)
 
 
