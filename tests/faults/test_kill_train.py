@@ -3,7 +3,10 @@ weights as an uninterrupted run (CPU, bit for bit).
 
 The uninterrupted run trains in this process on a copy of the reference cache; the killed run is the
 real `ecpa-train` in a child process on another copy, killed a seeded random moment after its first
-epoch's checkpoint (metrics.jsonl has a line) and before the end; the resume runs in this process.
+epoch's checkpoint (metrics.jsonl has a line) and before the end; the resume runs in this process. The moment
+is a seeded number of checkpointed epochs plus a seeded fraction of the last epoch's own duration (its
+`time_s`), so the kill lands mid-epoch however fast the machine trains (a fixed delay in seconds once missed
+every remaining epoch when the step got faster).
 """
 from __future__ import annotations
 
@@ -29,6 +32,16 @@ def _metric_epochs(run_dir) -> int:
     if not path.exists():
         return 0
     return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def _last_epoch_s(run_dir) -> float:
+    """`time_s` of the last complete line of metrics.jsonl (a line being appended is skipped)."""
+    for line in reversed((run_dir / "metrics.jsonl").read_text().splitlines()):
+        try:
+            return float(json.loads(line)["time_s"])
+        except (ValueError, KeyError):
+            continue
+    raise AssertionError(f"no complete line with time_s in {run_dir / 'metrics.jsonl'}")
 
 
 def _weights(run_dir) -> dict:
@@ -62,9 +75,10 @@ def kill_train_trial(ref, uninterrupted, seed: int, name: str) -> dict:
     run_dir = _run_dir(cfg)
     rng = np.random.default_rng(seed)
     after_epochs = int(rng.integers(1, EPOCHS - 2))     # kill once this many epochs are checkpointed
-    delay = float(rng.uniform(0.0, 0.3))                # ... plus this: mid-epoch, mostly
+    fraction = float(rng.uniform(0.05, 0.9))            # ... plus this fraction of an epoch: mid-epoch
     child = spawn(train_command(demo, cache, f"train.epochs={EPOCHS}"), out=demo.work / f"{name}.out")
     wait_for(lambda: child.poll() is not None or _metric_epochs(run_dir) >= after_epochs, timeout=600, every=0.01)
+    delay = fraction * _last_epoch_s(run_dir) if _metric_epochs(run_dir) else 0.0
     time.sleep(delay)
     hit = child.kill()
     killed_at = _metric_epochs(run_dir)
@@ -82,7 +96,8 @@ def kill_train_trial(ref, uninterrupted, seed: int, name: str) -> dict:
                        for x, y in zip(sa.values(), sb.values()) if isinstance(x, torch.Tensor))
     else:
         opt_same = "optimizer" not in a and "optimizer" not in b
-    return {"landed": landed, "killed_at": killed_at, "moment": f"{after_epochs}ep+{delay:.2f}s", "diff": diff,
+    return {"landed": landed, "killed_at": killed_at, "moment": f"{after_epochs}ep+{fraction:.2f}ep ({delay:.2f}s)",
+            "diff": diff,
             "opt_same": opt_same, "resumed_from": rec["extra"]["resumed_from_epoch"], "epoch": b["epoch"],
             "metrics": [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()]}
 
@@ -108,7 +123,8 @@ def test_kill_during_training_resumes_to_same_weights(fault_reference, uninterru
     # an epoch lost mid-way is the training analogue of clips in flight: recomputed = epochs rerun
     report(Row("kill -9 during training", n, landed, 0, landed, landed, not failures and landed > 0,
                "final weights + optimizer equal bit for bit" if not failures else f"{len(failures)} failed",
-               "; ".join(failures) or "kills at (epochs checkpointed + delay): " + ", ".join(r["moment"] for r in rows)
+               "; ".join(failures) or "kills at (epochs checkpointed + fraction of the next epoch): "
+               + ", ".join(r["moment"] for r in rows)
                + "; 'recomputed' counts the epochs cut short"))
     assert not failures, "\n".join(failures)
     assert landed, "no kill landed between the first checkpoint and the end: the trial tested nothing"
